@@ -1,0 +1,1 @@
+"""Command-line entry points: thin click skins over the library."""

@@ -1,0 +1,528 @@
+"""Load the TOML configuration into typed, validated settings.
+
+The whole file is checked before anything acts: every problem is collected
+with its key path (``health.threshold: ...``) and reported at once, and an
+unknown key gets the nearest valid key as a suggestion, because a typo such as
+``treshold`` would otherwise silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from wgfailover.errors import ConfigError
+from wgfailover.servers import Server, check_server_name
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on old Pythons
+    import tomli as tomllib
+
+DEFAULT_CONFIG_PATH = Path("/etc/wg-failover/config.toml")
+CONFIG_ENV_VAR = "WG_FAILOVER_CONFIG"
+
+# Loss per server, from the external prober. smokeping can count more replies
+# than requests within a window (a reply to a request sent before the window),
+# so the ratio is clamped; the clamping is repeated in Python for servers that
+# do not implement clamp().
+DEFAULT_FAILOVER_QUERY = (
+    "clamp(1 - ("
+    'sum by ($label) (rate(smokeping_response_duration_seconds_count{$label=~"$hosts"}[$window]))'
+    " / "
+    'sum by ($label) (rate(smokeping_requests_total{$label=~"$hosts"}[$window]))'
+    "), 0, 1)"
+)
+# Mean round-trip time per server, only used to break near-ties in loss.
+DEFAULT_LATENCY_QUERY = (
+    'sum by ($label) (rate(smokeping_response_duration_seconds_sum{$label=~"$hosts"}[$window]))'
+    " / "
+    'sum by ($label) (rate(smokeping_response_duration_seconds_count{$label=~"$hosts"}[$window]))'
+)
+# Tunnel loss from the prober inside the VPN namespace, summed over every
+# series (every target) before dividing: the original read only result[0].
+DEFAULT_HEALTH_QUERY = (
+    "clamp(1 - ("
+    "sum(rate(smokeping_response_duration_seconds_count{$selector}[$window]))"
+    " / "
+    "sum(rate(smokeping_requests_total{$selector}[$window]))"
+    "), 0, 1)"
+)
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
+_DURATION_UNITS = {
+    "ms": 0.001,
+    "s": 1,
+    "m": 60,
+    "h": 3600,
+    "d": 86400,
+    "w": 7 * 86400,
+    "y": 365 * 86400,
+}
+_PLACEHOLDER = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def parse_duration(value: object) -> float:
+    """
+    Given a Prometheus duration ("90s", "5m", "1h30m") or a number of seconds
+    (a TOML number or a numeric string), return the seconds as a float.
+    Raise ValueError with a user-facing reason otherwise.
+    """
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like '90s' or '5m', got a boolean")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            seconds = 0.0
+            position = 0
+            for match in _DURATION_PART.finditer(text):
+                if match.start() != position:
+                    break
+                seconds += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+                position = match.end()
+            if not text or position != len(text):
+                raise ValueError(
+                    f"{value!r} is not a duration (use Prometheus syntax like '90s', '5m', "
+                    "'1h30m', or a number of seconds)"
+                ) from None
+    else:
+        raise ValueError(f"expected a duration like '90s' or '5m', got {type(value).__name__}")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"{value!r} is not a positive duration")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """Given seconds, return them in PromQL range syntax (whole seconds, at least 1s)."""
+    return f"{max(1, int(round(seconds)))}s"
+
+
+@dataclasses.dataclass(frozen=True)
+class PrometheusSettings:
+    url: str | None = None
+    timeout: float = 5.0
+    ca_file: Path | None = None
+    insecure_skip_verify: bool = False
+    bearer_token_file: Path | None = None
+    username: str | None = None
+    password_file: Path | None = None
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class FailoverSettings:
+    window: float = 300.0
+    hold_down: float = 1800.0
+    on_prometheus_error: str = "random"
+    label: str = "host"
+    query: str = DEFAULT_FAILOVER_QUERY
+    latency_query: str = DEFAULT_LATENCY_QUERY
+    tie_epsilon: float = 0.02
+
+
+@dataclasses.dataclass(frozen=True)
+class HealthSettings:
+    threshold: float = 0.15
+    max_failures: int = 3
+    window: float = 300.0
+    min_window: float = 30.0
+    selector: str = 'job="vpn-prober"'
+    query: str = DEFAULT_HEALTH_QUERY
+    on_no_data: str = "failure"
+    failover_command: tuple[str, ...] | None = None
+    interface: str | None = None
+    netns: str | None = None
+    handshake_timeout: float = 180.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    path: Path
+    servers: tuple[Server, ...]
+    config_dir: Path = Path("/run/secrets/wireguard")
+    active_link: Path = Path("/run/wg-active.conf")
+    state_dir: Path = Path("/var/lib/wg-failover")
+    restart_command: tuple[str, ...] = ("systemctl", "restart", "wg.service")
+    restart_timeout: float = 60.0
+    lock_timeout: float = 30.0
+    textfile_dir: Path | None = None
+    prometheus: PrometheusSettings = PrometheusSettings()
+    failover: FailoverSettings = FailoverSettings()
+    health: HealthSettings = HealthSettings()
+
+    def server(self, name: str) -> Server | None:
+        """Given a name, return the configured server of that name, or None."""
+        for server in self.servers:
+            if server.name == name:
+                return server
+        return None
+
+    @property
+    def server_names(self) -> list[str]:
+        return [server.name for server in self.servers]
+
+
+def default_config_path() -> Path:
+    """Return the config path from WG_FAILOVER_CONFIG, else the default."""
+    from_env = os.environ.get(CONFIG_ENV_VAR)
+    return Path(from_env) if from_env else DEFAULT_CONFIG_PATH
+
+
+# --- validation --------------------------------------------------------------
+
+
+class _Problems:
+    """Collects every problem of one file so they are reported together."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, key: str, message: str) -> None:
+        self.items.append(f"{key}: {message}" if key else message)
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _reject_unknown(table: dict[str, Any], known: list[str], prefix: str, problems: _Problems) -> None:
+    for key in table:
+        if key in known:
+            continue
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f" (did you mean '{_join(prefix, close[0])}'?)" if close else ""
+        problems.add(_join(prefix, key), f"unknown key{hint}")
+
+
+Converter = Callable[[Any], Any]
+
+
+def _take(
+    table: dict[str, Any],
+    key: str,
+    prefix: str,
+    convert: Converter,
+    default: Any,
+    problems: _Problems,
+) -> Any:
+    if key not in table:
+        return default
+    try:
+        return convert(table[key])
+    except (ValueError, TypeError) as error:
+        problems.add(_join(prefix, key), str(error))
+        return default
+
+
+def _string(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {_type_name(value)}")
+    return value
+
+
+def _nonempty_string(value: object) -> str:
+    text = _string(value)
+    if not text.strip():
+        raise ValueError("must not be empty")
+    return text
+
+
+def _path(value: object) -> Path:
+    return Path(_nonempty_string(value))
+
+
+def _absolute_path(value: object) -> Path:
+    path = _path(value)
+    if not path.is_absolute():
+        raise ValueError(f"must be an absolute path, got {str(path)!r}")
+    return path
+
+
+def _boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected true or false, got {_type_name(value)}")
+    return value
+
+
+def _argv(value: object) -> tuple[str, ...]:
+    # A list, never a shell string: the original ran everything through bash,
+    # and a server name in a shell string is an injection.
+    if isinstance(value, str):
+        raise TypeError(f'expected a list of arguments like ["systemctl", "restart", "wg.service"], got the string {value!r}')
+    if not isinstance(value, list) or not value:
+        raise TypeError(f"expected a non-empty list of strings, got {_type_name(value)}")
+    if not all(isinstance(item, str) and item for item in value):
+        raise TypeError("every argument must be a non-empty string")
+    return tuple(value)
+
+
+def _positive_duration(value: object) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError("must be longer than zero")
+    return seconds
+
+
+def _ratio(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"expected a number between 0 and 1, got {_type_name(value)}")
+    if not 0 <= value <= 1:
+        raise ValueError(f"must be between 0 and 1, got {value}")
+    return float(value)
+
+
+def _positive_int(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected a whole number, got {_type_name(value)}")
+    if value < 1:
+        raise ValueError(f"must be at least 1, got {value}")
+    return value
+
+
+def _choice(*choices: str) -> Converter:
+    def convert(value: object) -> str:
+        text = _string(value)
+        if text not in choices:
+            listed = ", ".join(repr(choice) for choice in choices)
+            raise ValueError(f"must be one of {listed}, got {text!r}")
+        return text
+
+    return convert
+
+
+def _template(required: set[str], allowed: set[str], *, empty_ok: bool = False) -> Converter:
+    def convert(value: object) -> str:
+        text = _string(value)
+        if empty_ok and not text.strip():
+            return ""
+        if not text.strip():
+            raise ValueError("must not be empty")
+        used = set(_PLACEHOLDER.findall(text))
+        unknown = used - allowed
+        if unknown:
+            raise ValueError(
+                "unknown placeholder "
+                + ", ".join(f"${name}" for name in sorted(unknown))
+                + " (allowed: "
+                + ", ".join(f"${name}" for name in sorted(allowed))
+                + ")"
+            )
+        missing = required - used
+        if missing:
+            raise ValueError("must use " + ", ".join(f"${name}" for name in sorted(missing)))
+        return text
+
+    return convert
+
+
+def _label_name(value: object) -> str:
+    text = _string(value)
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", text):
+        raise ValueError(f"{text!r} is not a Prometheus label name")
+    return text
+
+
+def _url(value: object) -> str:
+    text = _nonempty_string(value).rstrip("/")
+    if not re.match(r"https?://[^/\s]+", text):
+        raise ValueError(f"expected an http:// or https:// URL, got {text!r}")
+    return text
+
+
+def _headers(value: object) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise TypeError(f"expected a table of header names to values, got {_type_name(value)}")
+    for name, header_value in value.items():
+        if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
+            raise ValueError(f"{name!r} is not a valid HTTP header name")
+        if not isinstance(header_value, str) or "\n" in header_value or "\r" in header_value:
+            raise ValueError(f"the value of header {name!r} must be a one-line string")
+    return dict(value)
+
+
+def _type_name(value: object) -> str:
+    names = {str: "a string", bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "a table"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _table(document: dict[str, Any], key: str, problems: _Problems) -> dict[str, Any]:
+    value = document.get(key, {})
+    if not isinstance(value, dict):
+        problems.add(key, f"expected a table [{key}], got {_type_name(value)}")
+        return {}
+    return value
+
+
+_TOP_KEYS = [
+    "config_dir",
+    "active_link",
+    "state_dir",
+    "restart_command",
+    "restart_timeout",
+    "lock_timeout",
+    "textfile_dir",
+    "servers",
+    "prometheus",
+    "failover",
+    "health",
+]
+_SERVER_KEYS = ["endpoint"]
+
+
+def _parse_servers(document: dict[str, Any], config_dir: Path, problems: _Problems) -> tuple[Server, ...]:
+    table = _table(document, "servers", problems)
+    if "servers" not in document:
+        problems.add("servers", "no servers configured (add a [servers.NAME] table per VPN server)")
+        return ()
+    if not table and isinstance(document.get("servers"), dict):
+        problems.add("servers", "no servers configured (add a [servers.NAME] table per VPN server)")
+    servers = []
+    for name, options in table.items():
+        prefix = f"servers.{name}"
+        try:
+            check_server_name(name)
+        except ValueError as error:
+            problems.add(prefix, str(error))
+            continue
+        if not isinstance(options, dict):
+            problems.add(prefix, f"expected a table [servers.{name}], got {_type_name(options)}")
+            continue
+        _reject_unknown(options, _SERVER_KEYS, prefix, problems)
+        endpoint = _take(options, "endpoint", prefix, _nonempty_string, None, problems)
+        servers.append(Server(name=name, config_path=config_dir / name, endpoint=endpoint))
+    return tuple(servers)
+
+
+def parse_config(document: dict[str, Any], path: Path) -> Config:
+    """
+    Given a parsed TOML document and the file it came from, return the
+    validated Config. Raise ConfigError listing every problem found.
+    """
+    problems = _Problems()
+    _reject_unknown(document, _TOP_KEYS, "", problems)
+    base = Config(path=path, servers=())
+
+    def top(key: str, convert: Converter) -> Any:
+        return _take(document, key, "", convert, getattr(base, key), problems)
+
+    config_dir = top("config_dir", _absolute_path)
+    top_level = {
+        "config_dir": config_dir,
+        "active_link": top("active_link", _absolute_path),
+        "state_dir": top("state_dir", _absolute_path),
+        "restart_command": top("restart_command", _argv),
+        "restart_timeout": top("restart_timeout", _positive_duration),
+        "lock_timeout": top("lock_timeout", _positive_duration),
+        "textfile_dir": top("textfile_dir", _absolute_path),
+    }
+    servers = _parse_servers(document, config_dir, problems)
+
+    section = _table(document, "prometheus", problems)
+    _reject_unknown(section, [f.name for f in dataclasses.fields(PrometheusSettings)], "prometheus", problems)
+    defaults_p = PrometheusSettings()
+
+    def prom(key: str, convert: Converter) -> Any:
+        return _take(section, key, "prometheus", convert, getattr(defaults_p, key), problems)
+
+    prometheus = PrometheusSettings(
+        url=prom("url", _url),
+        timeout=prom("timeout", _positive_duration),
+        ca_file=prom("ca_file", _absolute_path),
+        insecure_skip_verify=prom("insecure_skip_verify", _boolean),
+        bearer_token_file=prom("bearer_token_file", _absolute_path),
+        username=prom("username", _nonempty_string),
+        password_file=prom("password_file", _absolute_path),
+        headers=prom("headers", _headers),
+    )
+    if prometheus.password_file and not prometheus.username:
+        problems.add("prometheus.password_file", "needs prometheus.username as well")
+    if prometheus.username and not prometheus.password_file:
+        problems.add("prometheus.username", "needs prometheus.password_file as well")
+    if prometheus.bearer_token_file and prometheus.username:
+        problems.add("prometheus.bearer_token_file", "use either a bearer token or a username, not both")
+
+    section = _table(document, "failover", problems)
+    _reject_unknown(section, [f.name for f in dataclasses.fields(FailoverSettings)], "failover", problems)
+    defaults_f = FailoverSettings()
+
+    def fail(key: str, convert: Converter) -> Any:
+        return _take(section, key, "failover", convert, getattr(defaults_f, key), problems)
+
+    failover_placeholders = {"hosts", "label", "window"}
+    failover = FailoverSettings(
+        window=fail("window", _positive_duration),
+        hold_down=fail("hold_down", parse_duration),
+        on_prometheus_error=fail("on_prometheus_error", _choice("random", "fail")),
+        label=fail("label", _label_name),
+        query=fail("query", _template({"hosts", "window"}, failover_placeholders)),
+        latency_query=fail("latency_query", _template({"hosts", "window"}, failover_placeholders, empty_ok=True)),
+        tie_epsilon=fail("tie_epsilon", _ratio),
+    )
+
+    section = _table(document, "health", problems)
+    _reject_unknown(section, [f.name for f in dataclasses.fields(HealthSettings)], "health", problems)
+    defaults_h = HealthSettings()
+
+    def health_key(key: str, convert: Converter) -> Any:
+        return _take(section, key, "health", convert, getattr(defaults_h, key), problems)
+
+    health = HealthSettings(
+        threshold=health_key("threshold", _ratio),
+        max_failures=health_key("max_failures", _positive_int),
+        window=health_key("window", _positive_duration),
+        min_window=health_key("min_window", _positive_duration),
+        selector=health_key("selector", _nonempty_string),
+        query=health_key("query", _template({"window"}, {"selector", "window"})),
+        on_no_data=health_key("on_no_data", _choice("failure", "ignore")),
+        failover_command=health_key("failover_command", _argv),
+        interface=health_key("interface", _nonempty_string),
+        netns=health_key("netns", _nonempty_string),
+        handshake_timeout=health_key("handshake_timeout", _positive_duration),
+    )
+    if health.min_window > health.window:
+        problems.add("health.min_window", f"must not be longer than health.window ({health.window:g}s)")
+    if health.netns and not health.interface:
+        problems.add("health.netns", "needs health.interface as well")
+
+    if problems.items:
+        raise ConfigError(path, problems.items)
+    return Config(
+        path=path,
+        servers=servers,
+        prometheus=prometheus,
+        failover=failover,
+        health=health,
+        **top_level,
+    )
+
+
+def load_config(path: Path | None = None) -> Config:
+    """
+    Given a config path (None: WG_FAILOVER_CONFIG or the default), read and
+    validate it and return the Config. Raise ConfigError naming the file if
+    it can't be read, isn't TOML, or holds invalid settings.
+    """
+    path = Path(path) if path is not None else default_config_path()
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(path, "no such file (set --config or WG_FAILOVER_CONFIG)") from None
+    except OSError as error:
+        raise ConfigError(path, f"cannot read: {error.strerror}") from None
+    try:
+        document = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(path, "not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(path, f"not valid TOML: {error}") from None
+    return parse_config(document, path)

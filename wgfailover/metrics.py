@@ -1,0 +1,98 @@
+"""The node_exporter textfile: what Grafana shows about wg-failover.
+
+The file is rendered from the state directory every time a command changes
+it, never patched, so it cannot go stale after a failover (the original
+wrote ``vpn_server_info`` once at boot). Every value is a gauge: the
+commands are oneshots, so a counter would restart from zero on each run.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from wgfailover.fsutil import atomic_write
+from wgfailover.state import StateDir
+
+TEXTFILE_NAME = "wg_failover.prom"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value))
+
+
+def _family(name: str, help_text: str, samples: list[tuple[str, float]]) -> list[str]:
+    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+    lines += [f"{name}{labels} {_number(value)}" for labels, value in samples]
+    return lines
+
+
+def render_metrics(state: StateDir, server_names: list[str]) -> str:
+    """Given the state directory and the configured servers, return the textfile's content."""
+    current = state.read_current(server_names).name
+    last_switch = state.last_switch()
+    last_check = state.read_last_check()
+    lines: list[str] = []
+    lines += _family(
+        "vpn_server_info",
+        "The VPN server the tunnel is configured for (1 on the active one).",
+        [(f'{{server="{_escape(current)}"}}', 1)] if current else [],
+    )
+    lines += _family(
+        "wg_failover_switches",
+        "Switches of the active server recorded in the history, ever.",
+        [("", last_switch.seq if last_switch else 0)],
+    )
+    if last_switch:
+        lines += _family(
+            "wg_failover_last_switch_timestamp_seconds",
+            "Unix time of the last switch.",
+            [("", last_switch.time)],
+        )
+        lines += _family(
+            "wg_failover_server_loss_ratio",
+            "Packet loss of each server as seen by the external prober when the last switch was decided.",
+            [
+                (f'{{server="{_escape(name)}"}}', loss)
+                for name, loss in sorted(last_switch.losses.items())
+                if loss is not None
+            ],
+        )
+    lines += _family(
+        "wg_failover_health_consecutive_failures",
+        "Consecutive health checks above the loss threshold.",
+        [("", state.read_failures())],
+    )
+    if last_check:
+        lines += _family(
+            "wg_failover_last_check_timestamp_seconds",
+            "Unix time of the last health check that measured.",
+            [("", last_check.time)],
+        )
+        if last_check.loss is not None:
+            lines += _family(
+                "wg_failover_tunnel_loss_ratio",
+                "Tunnel packet loss measured by the last health check.",
+                [("", last_check.loss)],
+            )
+    return "\n".join(lines) + "\n"
+
+
+def write_metrics(textfile_dir: Path | None, state: StateDir, server_names: list[str]) -> None:
+    """
+    Given the textfile directory (None: metrics disabled), rewrite
+    wg_failover.prom there from the state. Mode 0644 so node_exporter can read
+    it under UMask=0077. Raise StateError if it cannot be written.
+    """
+    if textfile_dir is None:
+        return
+    content = render_metrics(state, server_names)
+    atomic_write(textfile_dir / TEXTFILE_NAME, content.encode(), mode=0o644)

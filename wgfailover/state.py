@@ -1,0 +1,285 @@
+"""The state directory: what survives between the oneshot commands.
+
+Layout (the first two are the original scripts' files, same format, so
+existing installs and scripts keep working):
+
+- ``current``: the active server's name and a newline.
+- ``health-failures``: consecutive failed health checks, a number and a newline.
+- ``history.jsonl``: one JSON object per switch (time, from, to, reason, losses).
+- ``last-check.json``: when the last health check ran and what it measured.
+- ``lock``: flock(2) target that serialises every read-modify-write.
+
+Every write goes through fsutil.atomic_write, so a crash leaves either the
+old or the new file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import fcntl
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Collection, Iterator
+from pathlib import Path
+from typing import Any
+
+from wgfailover.errors import LockBusyError, StateError
+from wgfailover.fsutil import atomic_write
+from wgfailover.servers import is_safe_server_name
+
+log = logging.getLogger(__name__)
+
+CURRENT_FILE = "current"
+FAILURES_FILE = "health-failures"
+HISTORY_FILE = "history.jsonl"
+LAST_CHECK_FILE = "last-check.json"
+LOCK_FILE = "lock"
+
+# Enough for months of switches; older entries are dropped on the next write.
+MAX_HISTORY = 1000
+_LOCK_POLL_SECONDS = 0.05
+
+
+@dataclasses.dataclass(frozen=True)
+class SwitchRecord:
+    """One switch of the active server, as kept in the history."""
+
+    seq: int  # 1 for the first switch ever; survives history truncation
+    time: float  # unix seconds
+    from_server: str | None
+    to_server: str
+    reason: str
+    losses: dict[str, float | None] = dataclasses.field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "time": self.time,
+            "from": self.from_server,
+            "to": self.to_server,
+            "reason": self.reason,
+            "losses": {name: _finite_or_none(loss) for name, loss in self.losses.items()},
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> SwitchRecord:
+        """Given a decoded history line, return the record. Raise ValueError if malformed."""
+        if not isinstance(data, dict):
+            raise ValueError("not an object")
+        losses = data.get("losses") or {}
+        if not isinstance(losses, dict):
+            raise ValueError("losses is not an object")
+        from_server = data.get("from")
+        return cls(
+            seq=int(data["seq"]),
+            time=float(data["time"]),
+            from_server=str(from_server) if from_server is not None else None,
+            to_server=str(data["to"]),
+            reason=str(data.get("reason", "")),
+            losses={str(k): (float(v) if v is not None else None) for k, v in losses.items()},
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckRecord:
+    """What the last health check measured."""
+
+    time: float  # unix seconds
+    loss: float | None  # None: no data
+    span: float | None = None  # seconds of data judged
+
+
+@dataclasses.dataclass(frozen=True)
+class CurrentServer:
+    """The state file's verdict: a usable name, or why there is none."""
+
+    name: str | None
+    problem: str | None = None
+    first_boot: bool = False  # no state file at all: nothing is wrong
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+class StateDir:
+    """The state directory of one installation."""
+
+    def __init__(self, path: Path, clock: Callable[[], float] = time.monotonic) -> None:
+        self.path = Path(path)
+        self._clock = clock
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def ensure(self) -> None:
+        """Create the directory if needed. Raise StateError if impossible."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True, mode=0o755)
+        except OSError as error:
+            raise StateError(f"cannot create state directory {self.path}: {error.strerror}") from None
+
+    @contextlib.contextmanager
+    def locked(self, timeout: float) -> Iterator[None]:
+        """
+        Hold the state lock for the duration of the block, waiting at most
+        timeout seconds. Raise LockBusyError if another process keeps it.
+        """
+        self.ensure()
+        lock_path = self.file(LOCK_FILE)
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise StateError(f"cannot open lock file {lock_path}: {error.strerror}") from None
+        try:
+            deadline = self._clock() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as error:
+                    if error.errno not in (errno.EAGAIN, errno.EACCES):
+                        raise StateError(f"cannot lock {lock_path}: {error.strerror}") from None
+                if self._clock() >= deadline:
+                    raise LockBusyError(
+                        f"another wg-failover command has held {lock_path} for over {timeout:g}s; giving up"
+                    )
+                time.sleep(_LOCK_POLL_SECONDS)
+            yield
+        finally:
+            os.close(fd)  # closing drops the flock
+
+    # --- current ------------------------------------------------------------
+
+    def read_current(self, known: Collection[str]) -> CurrentServer:
+        """
+        Given the configured server names, return the server recorded in
+        ``current`` if it is one of them, else None with the reason (missing,
+        empty, binary, a path, or an unknown name). Never raises for content.
+        """
+        path = self.file(CURRENT_FILE)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return CurrentServer(None, f"{path} does not exist (first boot)", first_boot=True)
+        except OSError as error:
+            return CurrentServer(None, f"cannot read {path}: {error.strerror}")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return CurrentServer(None, f"{path} holds binary data, not a server name")
+        name = text.strip()
+        if not name:
+            return CurrentServer(None, f"{path} is empty")
+        if "\x00" in name or not name.isprintable():
+            return CurrentServer(None, f"{path} holds binary data, not a server name")
+        if "/" in name or name in (".", ".."):
+            return CurrentServer(None, f"{path} holds a path ({name!r}), not a server name")
+        if "\n" in name or not is_safe_server_name(name):
+            return CurrentServer(None, f"{path} holds {name[:80]!r}, which is not a server name")
+        if name not in known:
+            return CurrentServer(None, f"{path} names {name!r}, which is not a configured server")
+        return CurrentServer(name)
+
+    def write_current(self, name: str) -> None:
+        """Record the active server (name and a newline, as the original)."""
+        atomic_write(self.file(CURRENT_FILE), f"{name}\n".encode())
+
+    # --- health-failures ----------------------------------------------------
+
+    def read_failures(self) -> int:
+        """Return the consecutive-failure count; 0 if missing or unreadable (logged)."""
+        path = self.file(FAILURES_FILE)
+        try:
+            text = path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return 0
+        except (OSError, UnicodeDecodeError) as error:
+            log.warning("cannot read %s (%s); counting from 0", path, error)
+            return 0
+        if not text:
+            return 0
+        if not text.isdigit():
+            log.warning("%s holds %r, not a count; counting from 0", path, text[:40])
+            return 0
+        return int(text)
+
+    def write_failures(self, count: int) -> None:
+        atomic_write(self.file(FAILURES_FILE), f"{count}\n".encode())
+
+    # --- history ------------------------------------------------------------
+
+    def read_history(self) -> list[SwitchRecord]:
+        """Return the recorded switches, oldest first; malformed lines are logged and skipped."""
+        path = self.file(HISTORY_FILE)
+        try:
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except FileNotFoundError:
+            return []
+        except OSError as error:
+            raise StateError(f"cannot read {path}: {error.strerror}") from None
+        records = []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(SwitchRecord.from_json(json.loads(line)))
+            except (ValueError, KeyError, TypeError):
+                log.warning("%s line %d is not a switch record; ignored", path, number)
+        return records
+
+    def last_switch(self) -> SwitchRecord | None:
+        history = self.read_history()
+        return history[-1] if history else None
+
+    def append_history(
+        self,
+        *,
+        time: float,
+        from_server: str | None,
+        to_server: str,
+        reason: str,
+        losses: dict[str, float | None] | None = None,
+    ) -> SwitchRecord:
+        """Record a switch (call under the lock) and return the stored record."""
+        history = self.read_history()
+        record = SwitchRecord(
+            seq=(history[-1].seq + 1) if history else 1,
+            time=time,
+            from_server=from_server,
+            to_server=to_server,
+            reason=reason,
+            losses=dict(losses or {}),
+        )
+        history = [*history, record][-MAX_HISTORY:]
+        body = "".join(json.dumps(item.to_json(), sort_keys=True) + "\n" for item in history)
+        atomic_write(self.file(HISTORY_FILE), body.encode())
+        return record
+
+    # --- last check ---------------------------------------------------------
+
+    def read_last_check(self) -> CheckRecord | None:
+        path = self.file(LAST_CHECK_FILE)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            loss = data.get("loss")
+            span = data.get("span")
+            return CheckRecord(
+                time=float(data["time"]),
+                loss=float(loss) if loss is not None else None,
+                span=float(span) if span is not None else None,
+            )
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            log.warning("%s is unreadable; treating the next check as the first", path)
+            return None
+
+    def write_last_check(self, record: CheckRecord) -> None:
+        data = {"time": record.time, "loss": _finite_or_none(record.loss), "span": record.span}
+        atomic_write(self.file(LAST_CHECK_FILE), (json.dumps(data, sort_keys=True) + "\n").encode())

@@ -1,0 +1,89 @@
+"""Point the tunnel at a server: state, link, history, metrics, restart.
+
+Order matters for crash safety: the choice is recorded first, then the link
+swapped, then the history appended. A crash between any two steps leaves a
+state that names a configured server and a link to an existing config, and
+the next wg-select or wg-failover reconciles the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from collections.abc import Sequence
+
+from wgfailover.config import Config
+from wgfailover.errors import ActionError
+from wgfailover.fsutil import atomic_symlink
+from wgfailover.metrics import write_metrics
+from wgfailover.state import StateDir, SwitchRecord
+
+log = logging.getLogger(__name__)
+
+_STDERR_TAIL = 500
+
+
+def run_command(argv: Sequence[str], timeout: float, what: str) -> None:
+    """
+    Given an argv (no shell), run it with a timeout. Raise ActionError
+    naming what it was for, with the end of its stderr, if it cannot be
+    started, fails, or overruns.
+    """
+    try:
+        result = subprocess.run(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            timeout=timeout,
+            check=False,
+        )
+    except FileNotFoundError:
+        raise ActionError(f"{what} failed: command not found: {argv[0]}") from None
+    except PermissionError:
+        raise ActionError(f"{what} failed: permission denied running {argv[0]}") from None
+    except subprocess.TimeoutExpired:
+        raise ActionError(f"{what} failed: {' '.join(argv)} did not finish within {timeout:g}s") from None
+    if result.returncode != 0:
+        stderr = result.stderr.decode("utf-8", errors="replace").strip()
+        stderr = " ".join(stderr.split())[-_STDERR_TAIL:]
+        detail = f": {stderr}" if stderr else ""
+        raise ActionError(f"{what} failed: {' '.join(argv)} exited with {result.returncode}{detail}")
+
+
+def point_link(config: Config, state: StateDir, name: str) -> None:
+    """Record name as current and point active_link at its config (call under the lock)."""
+    server = config.server(name)
+    if server is None:  # callers pass configured names; guard against path use anyway
+        raise ActionError(f"{name!r} is not a configured server")
+    state.write_current(name)
+    atomic_symlink(server.config_path, config.active_link)
+
+
+def switch_to(
+    config: Config,
+    state: StateDir,
+    *,
+    to_server: str,
+    from_server: str | None,
+    reason: str,
+    losses: dict[str, float | None],
+    now: float,
+) -> SwitchRecord:
+    """
+    Switch the tunnel to to_server (call under the state lock): record it,
+    swap the link, append the history, reset the health counter, rewrite the
+    metrics, then run restart_command. Return the history record. Raise
+    ActionError if the restart fails; the state is then already consistent
+    with the new server, so a later restart (systemd's Restart=) uses it.
+    """
+    point_link(config, state, to_server)
+    record = state.append_history(
+        time=now, from_server=from_server, to_server=to_server, reason=reason, losses=losses
+    )
+    # Evidence gathered against the old server says nothing about the new one.
+    state.write_failures(0)
+    write_metrics(config.textfile_dir, state, config.server_names)
+    log.info("switched from %s to %s (%s)", from_server or "none", to_server, reason)
+    run_command(config.restart_command, config.restart_timeout, "restarting the tunnel")
+    return record
