@@ -258,7 +258,9 @@ def _argv(value: object) -> tuple[str, ...]:
     # A list, never a shell string: the original ran everything through bash,
     # and a server name in a shell string is an injection.
     if isinstance(value, str):
-        raise TypeError(f'expected a list of arguments like ["systemctl", "restart", "wg.service"], got the string {value!r}')
+        raise TypeError(
+            f'expected a list of arguments like ["systemctl", "restart", "wg.service"], got the string {value!r}'
+        )
     if not isinstance(value, list) or not value:
         raise TypeError(f"expected a non-empty list of strings, got {_type_name(value)}")
     if not all(isinstance(item, str) and item for item in value):

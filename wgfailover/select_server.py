@@ -51,7 +51,8 @@ def select_server(
             problem = recorded.problem
             if recorded.name is not None:
                 server = config.server(recorded.name)
-                problem = f"the config of recorded server {recorded.name!r} ({server.config_path if server else '?'}) does not exist"
+                where = server.config_path if server else "?"
+                problem = f"the config of recorded server {recorded.name!r} ({where}) does not exist"
             if not usable:
                 missing = ", ".join(str(s.config_path) for s in config.servers)
                 raise ActionError(f"no server has a WireGuard config file (looked for {missing})")

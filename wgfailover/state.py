@@ -176,11 +176,11 @@ class StateDir:
         name = text.strip()
         if not name:
             return CurrentServer(None, f"{path} is empty")
-        if "\x00" in name or not name.isprintable():
+        if "\x00" in name or not name.replace("\n", "").isprintable():
             return CurrentServer(None, f"{path} holds binary data, not a server name")
         if "/" in name or name in (".", ".."):
             return CurrentServer(None, f"{path} holds a path ({name!r}), not a server name")
-        if "\n" in name or not is_safe_server_name(name):
+        if not is_safe_server_name(name):
             return CurrentServer(None, f"{path} holds {name[:80]!r}, which is not a server name")
         if name not in known:
             return CurrentServer(None, f"{path} names {name!r}, which is not a configured server")

@@ -33,8 +33,7 @@ def run_command(argv: Sequence[str], timeout: float, what: str) -> None:
         result = subprocess.run(
             list(argv),
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            capture_output=True,
             timeout=timeout,
             check=False,
         )
@@ -78,9 +77,7 @@ def switch_to(
     with the new server, so a later restart (systemd's Restart=) uses it.
     """
     point_link(config, state, to_server)
-    record = state.append_history(
-        time=now, from_server=from_server, to_server=to_server, reason=reason, losses=losses
-    )
+    record = state.append_history(time=now, from_server=from_server, to_server=to_server, reason=reason, losses=losses)
     # Evidence gathered against the old server says nothing about the new one.
     state.write_failures(0)
     write_metrics(config.textfile_dir, state, config.server_names)

@@ -28,7 +28,9 @@ EXIT_CODES_HELP = (
 
 def common_options(function: F) -> F:
     """Add --config, --check-config and --verbose to a command."""
-    function = click.option("--verbose", "-v", is_flag=True, help="Log debug details, and tracebacks of internal errors.")(function)
+    function = click.option(
+        "--verbose", "-v", is_flag=True, help="Log debug details, and tracebacks of internal errors."
+    )(function)
     function = click.option(
         "--check-config",
         is_flag=True,
