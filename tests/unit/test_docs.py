@@ -1,0 +1,61 @@
+"""Docs move with the code: every command has help, every key is documented."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from wgfailover.config import Config, FailoverSettings, HealthSettings, PrometheusSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+COMMANDS = {
+    "wg-select": "wgfailover.commands.wg_select",
+    "wg-failover": "wgfailover.commands.wg_failover",
+    "wg-health-check": "wgfailover.commands.wg_health_check",
+}
+
+
+def command(name: str) -> click.Command:
+    main = importlib.import_module(COMMANDS[name]).main
+    assert isinstance(main, click.Command)
+    return main
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_command_has_help_with_its_exit_codes(name: str) -> None:
+    result = CliRunner().invoke(command(name), ["--help"])
+    assert result.exit_code == 0
+    assert f"Usage: {name}" in result.output or "Usage: main" in result.output
+    assert "--config" in result.output and "--check-config" in result.output
+    assert "78 bad configuration" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_command_is_in_the_readme_and_the_operations_guide(name: str) -> None:
+    assert name in (ROOT / "README.md").read_text()
+    assert name in (ROOT / "docs" / "operations.md").read_text()
+
+
+def test_every_console_script_is_declared_in_pyproject() -> None:
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    for name, module in COMMANDS.items():
+        assert f'{name} = "{module}:main"' in pyproject
+
+
+def documented_keys() -> list[str]:
+    keys = [f.name for f in dataclasses.fields(Config) if f.name not in ("path", "servers", "prometheus", "failover", "health")]
+    keys += ["endpoint"]
+    for settings in (PrometheusSettings, FailoverSettings, HealthSettings):
+        keys += [f.name for f in dataclasses.fields(settings)]
+    return keys
+
+
+@pytest.mark.parametrize("key", documented_keys())
+def test_every_config_key_is_in_the_reference(key: str) -> None:
+    reference = (ROOT / "docs" / "configuration.md").read_text()
+    assert f"| `{key}` |" in reference
