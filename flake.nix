@@ -1,0 +1,33 @@
+{
+  description = "Automatic failover of a WireGuard tunnel between VPN servers, decided from Prometheus metrics";
+
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-unstable";
+
+  outputs =
+    { self, nixpkgs }:
+    let
+      # The units and the probers are Linux-only.
+      forAllSystems = nixpkgs.lib.genAttrs [
+        "x86_64-linux"
+        "aarch64-linux"
+      ];
+    in
+    {
+      packages = forAllSystems (system: rec {
+        wg-failover = nixpkgs.legacyPackages.${system}.callPackage ./package.nix { };
+        default = wg-failover;
+      });
+
+      overlays.default = final: _prev: {
+        wg-failover = final.callPackage ./package.nix { };
+      };
+
+      # The module builds its default package from this tree itself, so it
+      # works the same with or without the flake.
+      nixosModules.default = ./nixos-module.nix;
+
+      checks = forAllSystems (system: {
+        package = self.packages.${system}.default;
+      });
+    };
+}

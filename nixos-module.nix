@@ -1,0 +1,630 @@
+# NixOS module for wg-failover: usable as `imports = [ ./nixos-module.nix ];`
+# or from the flake as `nixosModules.default`.
+#
+# It wires the three commands exactly as the original units did (see
+# docs/install.md): wg-select before the tunnel unit, wg-failover as the
+# tunnel's OnFailure= hook, wg-health-check on a timer, plus the two smokeping
+# probers whose metrics the decisions are made from.
+{
+  config,
+  lib,
+  pkgs,
+  utils,
+  ...
+}:
+let
+  inherit (lib)
+    mkEnableOption
+    mkIf
+    mkMerge
+    mkOption
+    literalExpression
+    types
+    ;
+
+  cfg = config.services.wg-failover;
+  settingsFormat = pkgs.formats.toml { };
+
+  tunnelService = "${cfg.tunnelUnit}.service";
+
+  # Prometheus durations ("90s", "5m", "1h30m") or a number of seconds, as the
+  # tool accepts them; checked here so a typo fails the build, not the boot.
+  duration = types.either types.number (types.strMatching "([0-9]+(ms|s|m|h|d|w|y))+");
+
+  # A setting the tool defaults itself: null leaves the key out of the TOML,
+  # so the tool's own default (and its documentation) stays the one truth.
+  toolDefault =
+    type: description:
+    mkOption {
+      type = types.nullOr type;
+      default = null;
+      inherit description;
+    };
+
+  # Secret files never enter the Nix store: they are strings (a Nix path
+  # would be copied into the store) handed to systemd's LoadCredential=.
+  secretFile =
+    description:
+    mkOption {
+      type = types.nullOr (types.strMatching "/.*");
+      default = null;
+      example = "/run/secrets/prometheus-token";
+      description = ''
+        ${description} The file is passed to the units with `LoadCredential=`
+        and the generated configuration points at the copy systemd places in
+        `/run/credentials/<unit>/`, so it never enters the Nix store and may
+        stay readable by root only.
+      '';
+    };
+
+  # Which `[prometheus]` keys are secret files, and the credential name each
+  # gets inside the units.
+  credentialNames = {
+    bearer_token_file = "prometheus-bearer-token";
+    password_file = "prometheus-password";
+  };
+  givenCredentials = lib.filterAttrs (
+    key: _: cfg.settings.prometheus.${key} != null
+  ) credentialNames;
+  loadCredential = lib.mapAttrsToList (
+    key: name: "${name}:${cfg.settings.prometheus.${key}}"
+  ) givenCredentials;
+
+  # TOML has no null; unset typed options simply disappear.
+  renderedSettings = lib.filterAttrsRecursive (_: value: value != null) cfg.settings;
+
+  # TOML cannot expand $CREDENTIALS_DIRECTORY, and that directory is per unit
+  # (/run/credentials/<unit>/), so each unit gets its own copy of the
+  # configuration that differs only in the secret paths.
+  configFileFor =
+    unit:
+    settingsFormat.generate "wg-failover-${unit}.toml" (
+      lib.recursiveUpdate renderedSettings {
+        prometheus = lib.mapAttrs (_: name: "/run/credentials/${unit}.service/${name}") givenCredentials;
+      }
+    );
+
+  command =
+    name: unit: extraArgs:
+    utils.escapeSystemdExecArgs (
+      [
+        (lib.getExe' cfg.package name)
+        "--config"
+        (configFileFor unit)
+      ]
+      ++ extraArgs
+    );
+
+  # The WireGuard handshake fallback enters another network namespace and
+  # reads the interface over netlink; only then does the health check need
+  # more than an ordinary client's privileges.
+  handshakeFallback = cfg.settings.health.interface != null;
+
+  # Servers without one are reported by an assertion, not a type error.
+  endpoints = lib.filter (endpoint: endpoint != null) (
+    lib.mapAttrsToList (_: server: server.endpoint) cfg.servers
+  );
+  serversWithoutEndpoint = lib.attrNames (lib.filterAttrs (_: server: server.endpoint == null) cfg.servers);
+
+  # What every wg-failover unit shares. The units run as root: they swap a
+  # link in /run, read WireGuard configs that hold private keys, and
+  # wg-failover / wg-health-check must run `systemctl restart` on the tunnel,
+  # which systemd only allows root (no polkit on a headless box). So the
+  # sandbox cannot drop root; it narrows what root can touch instead.
+  sandbox = {
+    # The tool takes a lock and writes `current` and `health-failures` here;
+    # systemd creates it, owned by root, 0700.
+    StateDirectory = "wg-failover";
+    StateDirectoryMode = "0700";
+    # The whole file system is read-only except the paths listed below.
+    ProtectSystem = "strict";
+    # The active link is replaced atomically by a rename beside it, so its
+    # directory must be writable, as must the node_exporter textfile dir and
+    # a state_dir moved away from StateDirectory.
+    ReadWritePaths = lib.unique (
+      [ (dirOf cfg.settings.active_link) ]
+      ++ lib.optional (cfg.settings.state_dir != "/var/lib/wg-failover") cfg.settings.state_dir
+      ++ lib.optional (cfg.settings.textfile_dir != null) cfg.settings.textfile_dir
+    );
+    # Nothing here lives in home directories.
+    ProtectHome = true;
+    # Temporary files stay private to one run.
+    PrivateTmp = true;
+    # No device nodes are needed.
+    PrivateDevices = true;
+    # Kernel settings, modules, logs, the clock and the hostname are never ours to change.
+    ProtectKernelTunables = true;
+    ProtectKernelModules = true;
+    ProtectKernelLogs = true;
+    ProtectClock = true;
+    ProtectHostname = true;
+    # systemctl talks to PID 1 over a socket; the cgroup tree itself stays read-only.
+    ProtectControlGroups = true;
+    # Neither the tool nor systemctl ever needs to gain privileges.
+    NoNewPrivileges = true;
+    RestrictSUIDSGID = true;
+    RestrictRealtime = true;
+    LockPersonality = true;
+    SystemCallArchitectures = "native";
+    # Reading WireGuard configs and secrets whatever their owner is all the
+    # capability the tool needs; restarting units goes through PID 1.
+    CapabilityBoundingSet = [ "CAP_DAC_READ_SEARCH" ];
+    # State files are private. The textfile is written 0644 by the tool
+    # itself, so node_exporter can still read it.
+    UMask = "0077";
+    # Not MemoryDenyWriteExecute: Python's ctypes/libffi closures need
+    # writable and executable memory, and a crash there would block failover.
+  };
+
+  # Prometheus clients: wg-failover, and wg-health-check which switches
+  # in-process by default.
+  clientSandbox = sandbox // {
+    # HTTP(S) to Prometheus; AF_UNIX for systemctl and the journal.
+    RestrictAddressFamilies = [
+      "AF_UNIX"
+      "AF_INET"
+      "AF_INET6"
+    ];
+    # No namespaces of its own are created.
+    RestrictNamespaces = true;
+    # The usual service syscalls; systemctl needs nothing beyond them.
+    SystemCallFilter = [ "@system-service" ];
+    # Secret files named in [prometheus] (see settings.prometheus.*_file).
+    LoadCredential = loadCredential;
+  };
+
+  healthSandbox =
+    if handshakeFallback then
+      clientSandbox
+      // {
+        # The handshake fallback reads the WireGuard interface over netlink.
+        RestrictAddressFamilies = clientSandbox.RestrictAddressFamilies ++ [ "AF_NETLINK" ];
+        # Entering the VPN namespace (`ip netns exec`) needs CAP_SYS_ADMIN and
+        # a private mount namespace, and `wg show` needs CAP_NET_ADMIN, so
+        # the namespace and syscall restrictions cannot apply here.
+        CapabilityBoundingSet = sandbox.CapabilityBoundingSet ++ [
+          "CAP_SYS_ADMIN"
+          "CAP_NET_ADMIN"
+        ];
+        RestrictNamespaces = false;
+        SystemCallFilter = [ ];
+      }
+    else
+      clientSandbox;
+
+  serverModule = {
+    options.endpoint = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "203.0.113.10";
+      description = ''
+        The address the external prober pings for this server, and the
+        value of the prober's `host` label that losses are looked up by.
+        When null, the tool takes the host of `Endpoint=` in the server's
+        WireGuard config; the external prober then cannot be configured from
+        it (that config is a secret only readable at run time).
+      '';
+    };
+  };
+
+  sectionOf = options: types.submodule {
+    freeformType = settingsFormat.type;
+    inherit options;
+  };
+in
+{
+  options.services.wg-failover = {
+    enable = mkEnableOption "automatic failover of a WireGuard tunnel between VPN servers, decided from Prometheus metrics";
+
+    package = mkOption {
+      type = types.package;
+      default = pkgs.callPackage ./package.nix { };
+      defaultText = literalExpression "pkgs.callPackage ./package.nix { }";
+      description = "The wg-failover package (this source tree, built by package.nix).";
+    };
+
+    tunnelUnit = mkOption {
+      type = types.str;
+      default = "wg";
+      example = "wg-quick-wg0";
+      description = ''
+        Name of the systemd service (without `.service`) that brings the
+        tunnel up from `settings.active_link`. It must be defined elsewhere;
+        this module adds wg-select before it, `Restart=on-failure`,
+        `RestartSec=30s` and `OnFailure=wg-failover.service` to it.
+      '';
+    };
+
+    servers = mkOption {
+      type = types.attrsOf (types.submodule serverModule);
+      default = { };
+      example = literalExpression ''
+        {
+          server1.endpoint = "203.0.113.10";
+          server2.endpoint = "203.0.113.20";
+          server3 = { };
+        }
+      '';
+      description = ''
+        The VPN servers to fail over between. Server NAME's WireGuard config
+        is `settings.config_dir/NAME`. Rendered into `[servers.NAME]`.
+      '';
+    };
+
+    timer = {
+      onBootSec = mkOption {
+        type = types.str;
+        default = "2min";
+        description = "First health check this long after boot (systemd time span).";
+      };
+      onUnitActiveSec = mkOption {
+        type = types.str;
+        default = "1min";
+        description = "Health check cadence: this long after the previous check started.";
+      };
+      randomizedDelaySec = mkOption {
+        type = types.str;
+        default = "10s";
+        description = "Random delay added to each health check.";
+      };
+    };
+
+    settings = mkOption {
+      default = { };
+      description = ''
+        The wg-failover configuration, rendered to TOML (see
+        docs/configuration.md for every key). Keys not declared here are
+        passed through as written. Typed keys left null are omitted, so the
+        tool's own default applies. The units get the file with `--config`;
+        a copy with the secret files' original paths is installed as
+        `/etc/wg-failover/config.toml` for running the commands by hand.
+      '';
+      example = literalExpression ''
+        {
+          textfile_dir = "/var/lib/prometheus-node-exporter";
+          prometheus.url = "https://prometheus.example.com";
+          prometheus.bearer_token_file = "/run/secrets/prometheus-token";
+          health.threshold = 0.1;
+        }
+      '';
+      type = types.submodule {
+        freeformType = settingsFormat.type;
+        options = {
+          config_dir = mkOption {
+            type = types.str;
+            default = "/run/secrets/wireguard";
+            description = "Directory holding one WireGuard config per server, named after the server.";
+          };
+          active_link = mkOption {
+            type = types.str;
+            default = "/run/wg-active.conf";
+            description = "The symlink the tunnel unit reads; its directory is made writable for the units.";
+          };
+          state_dir = mkOption {
+            type = types.str;
+            default = "/var/lib/wg-failover";
+            description = "Holds `current` and `health-failures` (compatible with the original scripts).";
+          };
+          restart_command = mkOption {
+            type = types.listOf types.str;
+            default = [
+              "systemctl"
+              "restart"
+              tunnelService
+            ];
+            defaultText = literalExpression ''[ "systemctl" "restart" "''${config.services.wg-failover.tunnelUnit}.service" ]'';
+            description = "Command (argv, no shell) that restarts the tunnel after a switch.";
+          };
+          restart_timeout = toolDefault duration "Bound on `restart_command` (tool default 60s).";
+          lock_timeout = toolDefault duration "How long to wait for the state lock (tool default 30s).";
+          textfile_dir = mkOption {
+            type = types.nullOr types.str;
+            default = null;
+            example = "/var/lib/prometheus-node-exporter";
+            description = ''
+              node_exporter textfile collector directory; the tool writes
+              `wg_failover.prom` there (mode 0644). Created by this module
+              and made writable for the units. Null: no metrics file.
+            '';
+          };
+
+          prometheus = mkOption {
+            default = { };
+            description = "How to reach Prometheus (`[prometheus]`).";
+            type = sectionOf {
+              url = mkOption {
+                type = types.str;
+                example = "https://prometheus.example.com";
+                description = "Base URL of the Prometheus HTTP API.";
+              };
+              timeout = toolDefault duration "Bound on all queries of one command (tool default 5 seconds).";
+              ca_file = toolDefault types.str "CA bundle to verify Prometheus' certificate with.";
+              insecure_skip_verify = toolDefault types.bool "Skip TLS verification (tool default false).";
+              username = toolDefault types.str "User for HTTP basic auth, with `password_file`.";
+              password_file = secretFile "File holding the HTTP basic auth password.";
+              bearer_token_file = secretFile "File holding a bearer token for Prometheus.";
+            };
+          };
+
+          failover = mkOption {
+            default = { };
+            description = "How the next server is chosen (`[failover]`).";
+            type = sectionOf {
+              window = toolDefault duration "rate() window for endpoint loss (tool default 5m).";
+              hold_down = toolDefault duration "How long a server just left stays ranked last (tool default 30m).";
+              on_prometheus_error = toolDefault (types.enum [
+                "random"
+                "fail"
+              ]) "What to do when Prometheus cannot be asked (tool default random).";
+              tie_epsilon = toolDefault types.number "Losses closer than this count as equal (tool default 0.02).";
+            };
+          };
+
+          health = mkOption {
+            default = { };
+            description = "How the tunnel is judged (`[health]`).";
+            type = sectionOf {
+              threshold = toolDefault (types.numbers.between 0 1) "Tunnel loss ratio above which a check fails (tool default 0.15).";
+              max_failures = toolDefault types.ints.positive "Consecutive failed checks that trigger a failover (tool default 3).";
+              window = toolDefault duration "Longest span one check judges (tool default 5m).";
+              min_window = toolDefault duration "Shortest span one check judges (tool default 30s).";
+              on_no_data = toolDefault (types.enum [
+                "failure"
+                "ignore"
+              ]) "Whether a check without data counts as failed (tool default failure).";
+              failover_command = toolDefault (types.listOf types.str) ''
+                Command (argv) run when the health check decides to fail over.
+                Null: switch in-process.
+              '';
+              interface = toolDefault types.str ''
+                WireGuard interface for the handshake fallback. Setting it
+                gives wg-health-check CAP_SYS_ADMIN and CAP_NET_ADMIN.
+              '';
+              netns = toolDefault types.str "Network namespace name of `interface`.";
+              handshake_timeout = toolDefault duration "Handshake age that counts as a dead tunnel (tool default 180s).";
+            };
+          };
+        };
+      };
+    };
+
+    probers.external = {
+      enable = mkEnableOption ''
+        the external smokeping prober (services.prometheus.exporters.smokeping)
+        pinging every server's endpoint, so wg-failover can rank servers it
+        is not connected to. Every server then needs an `endpoint`
+      '';
+    };
+
+    probers.internal = {
+      enable = mkEnableOption ''
+        the internal smokeping prober, `prometheus-smokeping-vpn.service`,
+        which pings through the tunnel from inside the VPN network namespace
+        and gives wg-health-check its tunnel loss. Scrape it with the job
+        name that `settings.health.selector` expects (`vpn-prober`)
+      '';
+      package = lib.mkPackageOption pkgs "prometheus-smokeping-prober" { };
+      netns = mkOption {
+        type = types.str;
+        default = "/run/netns/wg";
+        description = "Path of the VPN network namespace the prober runs in (NetworkNamespacePath=).";
+      };
+      targets = mkOption {
+        type = types.listOf types.str;
+        default = [
+          "198.41.0.4"
+          "192.33.4.12"
+        ];
+        description = ''
+          Hosts pinged through the tunnel (default: a.root-servers.net and
+          c.root-servers.net). The health check aggregates over all of them.
+        '';
+      };
+      listenAddress = mkOption {
+        type = types.str;
+        default = "0.0.0.0";
+        description = ''
+          Address, inside the VPN namespace, the metrics are served on.
+          Prometheus must be able to reach it there (e.g. over a veth pair).
+        '';
+      };
+      port = mkOption {
+        type = types.port;
+        default = 9374;
+        description = "Port the metrics are served on, inside the VPN namespace.";
+      };
+      extraFlags = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "--ping.interval=500ms" ];
+        description = "Extra command line flags for the prober.";
+      };
+    };
+  };
+
+  config = mkIf cfg.enable (mkMerge [
+    {
+      assertions = [
+        {
+          assertion = cfg.servers != { };
+          message = "services.wg-failover.servers must name at least one server.";
+        }
+        {
+          assertion = !cfg.probers.external.enable || serversWithoutEndpoint == [ ];
+          message = "services.wg-failover.probers.external needs an endpoint for every server; missing for: ${lib.concatStringsSep ", " serversWithoutEndpoint}.";
+        }
+        {
+          assertion = lib.all (path: !lib.hasPrefix builtins.storeDir path) (
+            lib.mapAttrsToList (key: _: cfg.settings.prometheus.${key}) givenCredentials
+          );
+          message = "services.wg-failover.settings.prometheus secret files must not be in the Nix store.";
+        }
+      ];
+
+      services.wg-failover.settings.servers = lib.mapAttrs (
+        _: server: lib.optionalAttrs (server.endpoint != null) { inherit (server) endpoint; }
+      ) cfg.servers;
+
+      # For running the commands by hand (`wg-failover --dry-run`): as root
+      # the secret files are readable where they are.
+      environment.etc."wg-failover/config.toml".source =
+        settingsFormat.generate "wg-failover.toml" renderedSettings;
+      environment.systemPackages = [ cfg.package ];
+
+      systemd.tmpfiles.rules = lib.optional (
+        cfg.settings.textfile_dir != null
+      ) "d ${cfg.settings.textfile_dir} 0755 root root -";
+
+      systemd.services.wg-select = {
+        description = "Select the VPN server for the WireGuard tunnel";
+        wantedBy = [ tunnelService ];
+        before = [ tunnelService ];
+        serviceConfig = sandbox // {
+          Type = "oneshot";
+          # Stays "active" so the tunnel's ordering holds and it runs once per boot.
+          RemainAfterExit = true;
+          ExecStart = command "wg-select" "wg-select" [ ];
+          # wg-select only restores or picks a name and swaps the link; it
+          # never asks Prometheus, so it gets no network at all.
+          PrivateNetwork = true;
+          RestrictAddressFamilies = [ "AF_UNIX" ];
+          RestrictNamespaces = true;
+          SystemCallFilter = [ "@system-service" ];
+          LoadCredential = loadCredential;
+        };
+      };
+
+      systemd.services.wg-failover = {
+        description = "Switch the WireGuard tunnel to the best other VPN server";
+        path = [ config.systemd.package ];
+        serviceConfig = clientSandbox // {
+          Type = "oneshot";
+          # This unit is the tunnel's OnFailure= hook, so that is the reason
+          # it records; run `wg-failover` by hand for a manual switch.
+          ExecStart = command "wg-failover" "wg-failover" [
+            "--reason"
+            "unit-failed"
+          ];
+          # Must cover lock_timeout + prometheus.timeout + restart_timeout
+          # (30s + 5s + 60s by default) with room to spare.
+          TimeoutStartSec = lib.mkDefault "5min";
+        };
+      };
+
+      systemd.services.wg-health-check = {
+        description = "Check the WireGuard tunnel's packet loss and fail over on sustained loss";
+        after = [ tunnelService ];
+        path = [
+          config.systemd.package
+        ]
+        ++ lib.optionals handshakeFallback [
+          pkgs.iproute2
+          pkgs.wireguard-tools
+        ];
+        serviceConfig = healthSandbox // {
+          Type = "oneshot";
+          ExecStart = command "wg-health-check" "wg-health-check" [ ];
+          # A check may switch in-process: same bound as wg-failover.
+          TimeoutStartSec = lib.mkDefault "5min";
+        };
+      };
+
+      systemd.timers.wg-health-check = {
+        description = "Run the WireGuard tunnel health check periodically";
+        wantedBy = [ "timers.target" ];
+        timerConfig = {
+          OnBootSec = cfg.timer.onBootSec;
+          OnUnitActiveSec = cfg.timer.onUnitActiveSec;
+          RandomizedDelaySec = cfg.timer.randomizedDelaySec;
+        };
+      };
+
+      systemd.services.${cfg.tunnelUnit} = {
+        # The tunnel fails e.g. when an endpoint name does not resolve at
+        # boot. systemd passes a failing unit through the "failed" state
+        # before each automatic restart (unless RestartMode=direct), so
+        # OnFailure= fires every time and wg-failover moves to another
+        # server while the restart keeps retrying.
+        serviceConfig = {
+          Restart = "on-failure";
+          RestartSec = "30s";
+        };
+        unitConfig.OnFailure = [ "wg-failover.service" ];
+      };
+    }
+
+    (mkIf cfg.probers.external.enable {
+      services.prometheus.exporters.smokeping = {
+        enable = true;
+        # Merged with any hosts configured elsewhere; the `host` label is the
+        # target as written here, which is what wg-failover queries.
+        hosts = endpoints;
+      };
+    })
+
+    (mkIf cfg.probers.internal.enable {
+      systemd.services.prometheus-smokeping-vpn = {
+        description = "Smokeping prober inside the VPN namespace (tunnel loss for wg-health-check)";
+        after = [ tunnelService ];
+        wants = [ tunnelService ];
+        wantedBy = [ "multi-user.target" ];
+        # The namespace may appear only once the tunnel is up: keep retrying
+        # instead of giving up after the default start limit.
+        startLimitIntervalSec = 0;
+        serviceConfig = {
+          ExecStart = utils.escapeSystemdExecArgs (
+            [
+              (lib.getExe' cfg.probers.internal.package "smokeping_prober")
+              "--privileged"
+              "--web.listen-address=${
+                if lib.hasInfix ":" cfg.probers.internal.listenAddress then
+                  "[${cfg.probers.internal.listenAddress}]"
+                else
+                  cfg.probers.internal.listenAddress
+              }:${toString cfg.probers.internal.port}"
+            ]
+            ++ cfg.probers.internal.extraFlags
+            ++ cfg.probers.internal.targets
+          );
+          # Pings go through the tunnel, from inside the VPN namespace.
+          NetworkNamespacePath = cfg.probers.internal.netns;
+          Restart = "always";
+          RestartSec = "10s";
+          # An unprivileged throwaway user is enough for a prober.
+          DynamicUser = true;
+          # --privileged opens raw ICMP sockets: CAP_NET_RAW, and nothing else.
+          AmbientCapabilities = [ "CAP_NET_RAW" ];
+          CapabilityBoundingSet = [ "CAP_NET_RAW" ];
+          # Ambient capabilities survive exec even with no_new_privs.
+          NoNewPrivileges = true;
+          # It writes nothing anywhere.
+          ProtectSystem = "strict";
+          ProtectHome = true;
+          PrivateTmp = true;
+          PrivateDevices = true;
+          ProtectKernelTunables = true;
+          ProtectKernelModules = true;
+          ProtectKernelLogs = true;
+          ProtectClock = true;
+          ProtectHostname = true;
+          ProtectControlGroups = true;
+          # ICMP and HTTP only; AF_UNIX for the journal.
+          RestrictAddressFamilies = [
+            "AF_UNIX"
+            "AF_INET"
+            "AF_INET6"
+          ];
+          RestrictNamespaces = true;
+          RestrictSUIDSGID = true;
+          RestrictRealtime = true;
+          LockPersonality = true;
+          # A Go binary never needs writable executable memory.
+          MemoryDenyWriteExecute = true;
+          SystemCallArchitectures = "native";
+          SystemCallFilter = [ "@system-service" ];
+          UMask = "0077";
+        };
+      };
+    })
+  ]);
+}
