@@ -1,0 +1,641 @@
+"""Ask Prometheus (or Mimir, Cortex, VictoriaMetrics) an instant query.
+
+One PrometheusClient serves one command. Its time budget,
+``prometheus.timeout``, starts when the client is made and bounds every
+query it sends together, connect included: the original gave each of its
+per-server curl calls 5 s of its own, so a slow Prometheus made a failover
+slower with every server, and a Prometheus that accepts and never answers
+is not bounded by a socket timeout at all (requests' read timeout restarts
+with every byte received). The request therefore runs in a worker thread
+and the caller waits for it no longer than the budget that is left.
+
+Every failure becomes one subclass of PrometheusError with a one-line
+message naming the URL and never a credential; callers decide the policy
+(wg-failover falls back to a random server, the health check counts nothing).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import http
+import http.client
+import json
+import logging
+import math
+import queue
+import re
+import socket
+import ssl
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import requests
+import requests.auth
+import urllib3
+
+from wgfailover import __version__
+from wgfailover.config import PrometheusSettings
+from wgfailover.errors import (
+    ConfigError,
+    PrometheusBadResponse,
+    PrometheusError,
+    PrometheusHTTPError,
+    PrometheusTimeout,
+    PrometheusUnreachable,
+)
+
+__all__ = [
+    "MAX_BODY_BYTES",
+    "PrometheusClient",
+    "Sample",
+    "escape_label_value",
+    "escape_regex_value",
+    "is_known",
+]
+
+log = logging.getLogger(__name__)
+
+# An instant query for a handful of servers answers in a few KiB; a body far
+# beyond that is a misdirected URL or a runaway query, and reading it all
+# would only spend memory on a oneshot that has to stay small.
+MAX_BODY_BYTES = 16 * 1024 * 1024
+_CHUNK_BYTES = 64 * 1024
+# Server-provided text (Prometheus's `error`, a proxy's page) is cut to this
+# many characters so every message stays one readable line.
+_MAX_DETAIL_CHARS = 300
+# Shorter "secrets" are not scrubbed from messages: replacing a one-character
+# password everywhere would mangle the message and protect nothing.
+_MIN_SCRUB_LENGTH = 4
+# Header names whose values are treated as secrets when a user puts their
+# own credentials into prometheus.headers (an API key, a cookie, ...).
+_SECRET_HEADER = re.compile(r"auth|token|key|secret|passw|cookie", re.IGNORECASE)
+_AUTH_HINT = "check prometheus.bearer_token_file, or prometheus.username and prometheus.password_file"
+# Go's regexp.QuoteMeta escapes exactly these; RE2 rejects escapes of
+# letters and digits (e.g. "\-" is fine but "\d" is a class), so escaping
+# more than this, as Python's re.escape does, could change the meaning.
+_RE2_METACHARACTERS = frozenset("\\.+*?()|[]{}^$")
+# A sample value as Prometheus and VictoriaMetrics format it (Go's
+# strconv.FormatFloat). Python's float() also takes "1_000" and " 1 ",
+# which no server sends, so the check is made first.
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?|[+-]?(?:inf|infinity)|nan", re.IGNORECASE)
+_TOKEN = re.compile(r"[\x21-\x7e]+")
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    """One series of an instant-query result: its labels and its value.
+
+    The value may be NaN or ±Inf (a rate over no data, a division by zero);
+    see is_known(). The caller decides what an unknown value means: for
+    loss it is "unknown", never 0.
+    """
+
+    labels: dict[str, str]
+    value: float
+
+
+def is_known(value: float) -> bool:
+    """Given a sample value, return whether it is a real number (not NaN or ±Inf)."""
+    return math.isfinite(value)
+
+
+def escape_label_value(value: str) -> str:
+    """
+    Given a label value, return it escaped for the inside of a PromQL
+    double-quoted string, as in ``host="<here>"``. The quotes are not added.
+    """
+    out = []
+    for char in value:
+        if char == "\\":
+            out.append("\\\\")
+        elif char == '"':
+            out.append('\\"')
+        elif char == "\n":
+            out.append("\\n")
+        elif char == "\r":
+            out.append("\\r")
+        elif char == "\t":
+            out.append("\\t")
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            # A raw control character ends a PromQL string with a lex error.
+            out.append(f"\\x{ord(char):02x}")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def escape_regex_value(value: str) -> str:
+    """
+    Given a label value, return a PromQL string body that, used in a regex
+    matcher (``host=~"<here>"``), matches exactly that value: RE2
+    metacharacters are escaped first, then the result is escaped for the
+    double-quoted PromQL string. Alternatives are the caller's to join with
+    ``|``; the quotes are not added.
+    """
+    quoted = "".join(f"\\{char}" if char in _RE2_METACHARACTERS else char for char in value)
+    return escape_label_value(quoted)
+
+
+class PrometheusClient:
+    """
+    Instant queries against one Prometheus-compatible server, within one time
+    budget. Given the settings, a monotonic clock and optionally a
+    requests.Session, the budget of settings.timeout seconds starts now.
+    Raise ConfigError if a CA, token or password file can't be read or is
+    empty. A missing settings.url is reported by query(), so the caller's
+    policy for an unusable Prometheus applies to it as well.
+    """
+
+    def __init__(
+        self,
+        settings: PrometheusSettings,
+        clock: Callable[[], float] = time.monotonic,
+        session: requests.Session | None = None,
+        max_body_bytes: int = MAX_BODY_BYTES,
+    ) -> None:
+        self._clock = clock
+        self._budget = float(settings.timeout)
+        self._deadline = clock() + self._budget
+        self._base_url = settings.url.rstrip("/") if settings.url else None
+        self._display_url = _redact_url(self._base_url) if self._base_url else "(no prometheus.url)"
+        self._owns_session = session is None
+        self._session = session if session is not None else requests.Session()
+        self._max_body_bytes = max_body_bytes
+        # Once a query has timed out its worker thread may still hold the
+        # session; no later query may touch it.
+        self._spent = False
+
+        self._headers: dict[str, str] = {
+            "Accept": "application/json",
+            "User-Agent": f"wg-failover/{__version__}",
+        }
+        self._secrets: list[str] = []
+        for name, value in settings.headers.items():
+            self._headers[name] = value
+            if _SECRET_HEADER.search(name):
+                self._secrets.append(value)
+        if self._base_url:
+            password = urllib.parse.urlsplit(self._base_url).password
+            if password:
+                self._secrets.append(urllib.parse.unquote(password))
+
+        self._auth: requests.auth.HTTPBasicAuth | None = None
+        if settings.bearer_token_file is not None:
+            token = _read_secret(settings.bearer_token_file, "prometheus.bearer_token_file")
+            if not _TOKEN.fullmatch(token):
+                # Checked here because requests would quote the whole header
+                # value, token included, in its own error message.
+                raise ConfigError(
+                    settings.bearer_token_file,
+                    "prometheus.bearer_token_file: the token contains spaces or control characters",
+                )
+            self._headers["Authorization"] = f"Bearer {token}"
+            self._secrets.append(token)
+        if settings.username is not None and settings.password_file is not None:
+            password = _read_secret(settings.password_file, "prometheus.password_file")
+            # Encoded here: requests would encode str credentials as latin-1
+            # and fail on anything else.
+            self._auth = requests.auth.HTTPBasicAuth(settings.username.encode("utf-8"), password.encode("utf-8"))
+            self._secrets.append(password)
+
+        self._verify: bool | str = True
+        if settings.ca_file is not None:
+            _check_readable(settings.ca_file, "prometheus.ca_file")
+            self._verify = str(settings.ca_file)
+        if settings.insecure_skip_verify:
+            self._verify = False
+            # urllib3 would warn through the warnings module on every request,
+            # a multi-line text journald splits; one line of ours is enough.
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+            # Once per client, which is once per command run, not per query.
+            log.warning(
+                "TLS certificate of Prometheus at %s is not verified (prometheus.insecure_skip_verify)",
+                self._display_url,
+            )
+        self._secrets = [secret for secret in self._secrets if len(secret) >= _MIN_SCRUB_LENGTH]
+
+    def __repr__(self) -> str:
+        return f"PrometheusClient(url={self._display_url!r}, timeout={self._budget:g})"
+
+    def __enter__(self) -> PrometheusClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the HTTP session if this client made it (a session passed in stays open)."""
+        if self._owns_session:
+            self._session.close()
+
+    def remaining(self) -> float:
+        """Return the seconds left of the time budget (0 once it is spent)."""
+        if self._spent:
+            return 0.0
+        return max(0.0, self._deadline - self._clock())
+
+    def query(self, promql: str) -> list[Sample]:
+        """
+        Given a PromQL expression, evaluate it now and return one Sample per
+        series of the instant vector (one unlabelled Sample for a scalar).
+        Raise PrometheusUnreachable if the URL is unset or the server can't
+        be reached, PrometheusTimeout if the budget runs out,
+        PrometheusHTTPError for an HTTP error status, and
+        PrometheusBadResponse for an answer that is not the documented JSON.
+        """
+        if self._base_url is None:
+            raise PrometheusUnreachable("prometheus.url is not set")
+        remaining = self.remaining()
+        if remaining <= 0:
+            raise PrometheusTimeout(
+                f"Prometheus at {self._display_url}: the {self._budget:g}s budget "
+                "(prometheus.timeout) was used up before this query"
+            )
+        reply = self._exchange(f"{self._base_url}/api/v1/query", promql, remaining)
+        document = self._decode(reply)
+        return self._samples(document)
+
+    # --- the HTTP exchange ---------------------------------------------------
+
+    def _exchange(self, endpoint: str, promql: str, remaining: float) -> _Reply:
+        """
+        Given the query endpoint, a query and the seconds left, return the raw reply. Raise the
+        classified PrometheusError if it fails or takes longer than that.
+        """
+        outcome: queue.Queue[tuple[_Reply | None, BaseException | None]] = queue.Queue(maxsize=1)
+        cancelled = threading.Event()
+
+        def run() -> None:
+            try:
+                outcome.put((self._post(endpoint, promql, remaining, cancelled), None))
+            except BaseException as error:  # noqa: BLE001 - handed to the caller's thread
+                outcome.put((None, error))
+
+        # A daemon thread: if the server never answers, the process must
+        # still be able to exit once the caller has moved on.
+        worker = threading.Thread(target=run, name="wgfailover-prometheus", daemon=True)
+        worker.start()
+        try:
+            reply, error = outcome.get(timeout=remaining)
+        except queue.Empty:
+            cancelled.set()
+            self._spent = True
+            raise PrometheusTimeout(
+                f"no answer from Prometheus at {self._display_url} within the "
+                f"{self._budget:g}s budget (prometheus.timeout)"
+            ) from None
+        if reply is None:
+            raise self._classify(error or RuntimeError("no reply")) from None
+        return reply
+
+    def _post(self, endpoint: str, promql: str, remaining: float, cancelled: threading.Event) -> _Reply:
+        """Run in the worker: send the query and read the body within the byte cap."""
+        response = self._session.post(
+            endpoint,
+            data={"query": promql},
+            headers=self._headers,
+            auth=self._auth,
+            verify=self._verify,
+            # Per connect and per recv; the hard bound is the caller's wait.
+            timeout=(remaining, remaining),
+            # A redirected POST becomes a GET without the query (and may
+            # carry our headers to another host); say so instead.
+            allow_redirects=False,
+            stream=True,
+        )
+        try:
+            length = response.headers.get("Content-Length", "")
+            if length.isdigit() and int(length) > self._max_body_bytes:
+                raise _TooLarge()
+            body = bytearray()
+            try:
+                for chunk in response.iter_content(_CHUNK_BYTES):
+                    if cancelled.is_set():
+                        break
+                    body += chunk
+                    if len(body) > self._max_body_bytes:
+                        raise _TooLarge()
+            except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as error:
+                raise _CutOff(error) from error
+            return _Reply(
+                status=response.status_code,
+                reason=response.reason or _status_phrase(response.status_code),
+                content_type=response.headers.get("Content-Type", ""),
+                location=response.headers.get("Location", ""),
+                body=bytes(body),
+            )
+        finally:
+            response.close()
+
+    def _classify(self, error: BaseException) -> PrometheusError:
+        """Given what the worker raised, return the PrometheusError to raise."""
+        url = self._display_url
+        if isinstance(error, PrometheusError):
+            return error
+        if isinstance(error, _TooLarge):
+            return PrometheusBadResponse(
+                f"Prometheus at {url} sent more than {self._max_body_bytes} bytes; is prometheus.url right?"
+            )
+        cut_off = isinstance(error, _CutOff)
+        timeouts = [cause for cause in _causes(error) if _is_timeout(cause)]
+        if any(
+            isinstance(cause, (requests.ConnectTimeout, urllib3.exceptions.ConnectTimeoutError)) for cause in timeouts
+        ):
+            return PrometheusTimeout(
+                f"could not connect to Prometheus at {url} within the {self._budget:g}s budget (prometheus.timeout)"
+            )
+        if timeouts:
+            return PrometheusTimeout(
+                f"no answer from Prometheus at {url} within the {self._budget:g}s budget (prometheus.timeout)"
+            )
+        if cut_off:
+            return PrometheusBadResponse(
+                self._scrub(f"the answer of Prometheus at {url} was cut off: {_reason(error)}")
+            )
+        return PrometheusUnreachable(self._scrub(f"cannot reach Prometheus at {url}: {_reason(error)}"))
+
+    # --- the answer ------------------------------------------------------------
+
+    def _decode(self, reply: _Reply) -> dict[str, Any]:
+        """
+        Given the raw reply, return the JSON document of a successful query.
+        Raise PrometheusHTTPError for an error status, PrometheusBadResponse
+        for anything that is not the query API's JSON.
+        """
+        url = self._display_url
+        document: Any = None
+        json_error = ""
+        try:
+            document = json.loads(reply.body)
+        except ValueError as error:  # JSONDecodeError and UnicodeDecodeError
+            json_error = str(error)
+
+        if 300 <= reply.status < 400:
+            where = f" to {_redact_url(reply.location)}" if reply.location else ""
+            raise PrometheusHTTPError(
+                self._scrub(
+                    f"Prometheus at {url} answered HTTP {reply.status} {reply.reason}, a redirect{where}; "
+                    "set prometheus.url to the final address"
+                ),
+                reply.status,
+            )
+        if reply.status >= 400:
+            error_type = None
+            detail = ""
+            if isinstance(document, dict) and isinstance(document.get("error"), str):
+                raw_type = document.get("errorType")
+                error_type = raw_type if isinstance(raw_type, str) and raw_type else None
+                detail = f"{error_type}: {document['error']}" if error_type else document["error"]
+            elif reply.content_type.startswith("text/plain") and reply.body.strip():
+                # Mimir, Cortex and VictoriaMetrics answer some errors in plain text.
+                detail = reply.body.decode("utf-8", "replace")
+            message = f"Prometheus at {url} answered HTTP {reply.status} {reply.reason}".rstrip()
+            if detail:
+                message += f": {_one_line(detail)}"
+            if reply.status in (401, 403):
+                message += f" ({_AUTH_HINT})"
+            raise PrometheusHTTPError(self._scrub(message), reply.status, error_type)
+
+        if document is None and json_error:
+            if "html" in reply.content_type.lower() or reply.body.lstrip()[:1] == b"<":
+                raise PrometheusBadResponse(
+                    f"Prometheus at {url} sent an HTML page, not the query API's JSON "
+                    "(a proxy or login page? is prometheus.url right?)"
+                )
+            raise PrometheusBadResponse(
+                f"Prometheus at {url} sent a response that is not valid JSON ({_one_line(json_error)})"
+            )
+        if not isinstance(document, dict):
+            raise self._bad_shape("the response is not a JSON object")
+        status = document.get("status")
+        if status != "success":
+            error_type = document.get("errorType")
+            error_text = document.get("error")
+            if isinstance(error_text, str):
+                prefix = f"{error_type}: " if isinstance(error_type, str) and error_type else ""
+                raise PrometheusBadResponse(
+                    self._scrub(f"Prometheus at {url} reported an error: {_one_line(prefix + error_text)}")
+                )
+            raise self._bad_shape(f"status is {_show(status)}, not 'success'")
+        self._log_warnings(document)
+        return document
+
+    def _samples(self, document: dict[str, Any]) -> list[Sample]:
+        """Given a successful query document, return its samples. Raise PrometheusBadResponse on a wrong shape."""
+        data = document.get("data")
+        if not isinstance(data, dict):
+            raise self._bad_shape("data is missing or not an object")
+        result_type = data.get("resultType")
+        result = data.get("result")
+        if result_type == "scalar":
+            return [Sample(labels={}, value=self._value(result, "data.result"))]
+        if result_type != "vector":
+            if result_type in ("matrix", "string"):
+                raise self._bad_shape(
+                    f"the query gave a {result_type}, not an instant vector (does it end in a range like [5m]?)"
+                )
+            raise self._bad_shape(f"data.resultType is {_show(result_type)}")
+        if not isinstance(result, list):
+            raise self._bad_shape("data.result is not a list")
+        samples = []
+        for index, item in enumerate(result):
+            where = f"data.result[{index}]"
+            if not isinstance(item, dict):
+                raise self._bad_shape(f"{where} is not an object")
+            labels = item.get("metric", {})
+            if not isinstance(labels, dict) or not all(
+                isinstance(name, str) and isinstance(value, str) for name, value in labels.items()
+            ):
+                raise self._bad_shape(f"{where}.metric is not a map of label names to strings")
+            samples.append(Sample(labels=dict(labels), value=self._value(item.get("value"), f"{where}.value")))
+        return samples
+
+    def _value(self, pair: object, where: str) -> float:
+        """Given a [timestamp, "value"] pair, return the value. Raise PrometheusBadResponse if it is not one."""
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise self._bad_shape(f"{where} is not a [timestamp, value] pair")
+        raw = pair[1]
+        # Prometheus sends values as strings ("NaN", "+Inf" have no JSON
+        # form); a JSON number from a compatible server is accepted too.
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            return float(raw)
+        if isinstance(raw, str) and _NUMBER.fullmatch(raw):
+            return float(raw)
+        raise self._bad_shape(f"{where} is not a number: {_show(raw)}")
+
+    def _bad_shape(self, problem: str) -> PrometheusBadResponse:
+        return PrometheusBadResponse(
+            self._scrub(f"Prometheus at {self._display_url} sent an unexpected answer: {problem}")
+        )
+
+    def _log_warnings(self, document: dict[str, Any]) -> None:
+        # Prometheus answers "success" and still warns, e.g. when a remote
+        # read endpoint failed and the result may be partial.
+        warnings = document.get("warnings")
+        if isinstance(warnings, list):
+            for warning in warnings:
+                log.warning("Prometheus at %s warns: %s", self._display_url, self._scrub(_one_line(str(warning))))
+        infos = document.get("infos")
+        if isinstance(infos, list):
+            for info in infos:
+                log.debug("Prometheus at %s notes: %s", self._display_url, self._scrub(_one_line(str(info))))
+
+    def _scrub(self, text: str) -> str:
+        """Given a message, return it with every known secret replaced."""
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+@dataclasses.dataclass(frozen=True)
+class _Reply:
+    status: int
+    reason: str
+    content_type: str
+    location: str
+    body: bytes
+
+
+class _TooLarge(Exception):
+    """The body passed the byte cap."""
+
+
+class _CutOff(Exception):
+    """Reading the body failed after the status line and headers arrived."""
+
+
+def _read_secret(path: Path, key: str) -> str:
+    """
+    Given a credential file and its config key, return its content without
+    surrounding whitespace. Raise ConfigError if it can't be read or is empty.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(path, f"{key}: no such file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(path, f"{key}: not UTF-8 text") from None
+    except OSError as error:
+        raise ConfigError(path, f"{key}: cannot read: {error.strerror or error}") from None
+    # Files written by `echo` or editors end in a newline that is no part
+    # of the secret; surrounding blanks never are either.
+    text = text.strip()
+    if not text:
+        raise ConfigError(path, f"{key}: the file is empty")
+    return text
+
+
+def _check_readable(path: Path, key: str) -> None:
+    """Given a file and its config key, return if it can be read. Raise ConfigError if not."""
+    try:
+        with open(path, "rb") as file:
+            file.read(1)
+    except FileNotFoundError:
+        raise ConfigError(path, f"{key}: no such file") from None
+    except OSError as error:
+        raise ConfigError(path, f"{key}: cannot read: {error.strerror or error}") from None
+
+
+def _redact_url(url: str) -> str:
+    """Given a URL, return it with any user:password@ replaced by ***@."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "(an invalid URL)"
+    if "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"***@{host}"))
+
+
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    """Given an exception, yield it and everything it wraps (urllib3 nests several deep)."""
+    seen: set[int] = set()
+    pending = [error]
+    while pending:
+        current = pending.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        for inner in (getattr(current, "reason", None), current.__cause__, current.__context__, *current.args):
+            if isinstance(inner, BaseException):
+                pending.append(inner)
+
+
+def _find(error: BaseException, *types: type[BaseException]) -> BaseException | None:
+    """Given an exception, return the first exception in its chain of one of these types, or None."""
+    for cause in _causes(error):
+        if isinstance(cause, types):
+            return cause
+    return None
+
+
+def _is_timeout(error: BaseException) -> bool:
+    """Given one exception of a chain, return whether it is a timeout."""
+    # urllib3 derives NewConnectionError (refused, unreachable) from
+    # ConnectTimeoutError for history's sake; it is no timeout.
+    if isinstance(error, urllib3.exceptions.NewConnectionError):
+        return False
+    return isinstance(error, (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError, socket.timeout))
+
+
+def _reason(error: BaseException) -> str:
+    """Given a connection failure, return a short reason a user understands."""
+    verification = _find(error, ssl.SSLCertVerificationError)
+    if isinstance(verification, ssl.SSLCertVerificationError):
+        # Set by the ssl module when it raises; absent on hand-made instances.
+        detail = getattr(verification, "verify_message", None) or getattr(verification, "reason", None) or "failed"
+        return (
+            f"TLS certificate verification failed ({_one_line(str(detail))}); "
+            "set prometheus.ca_file to the CA that signed it"
+        )
+    tls = _find(error, ssl.SSLError)
+    if isinstance(tls, ssl.SSLError):
+        return f"TLS handshake failed ({_one_line(str(getattr(tls, 'reason', None) or tls))})"
+    if _find(error, requests.exceptions.SSLError):
+        return "TLS handshake failed"
+    resolution = _find(error, socket.gaierror)
+    if isinstance(resolution, socket.gaierror):
+        return f"cannot resolve the host name ({_one_line(str(resolution.strerror or resolution))})"
+    if _find(error, http.client.RemoteDisconnected):
+        return "the server closed the connection without answering"
+    if _find(error, ConnectionRefusedError):
+        return "connection refused"
+    if _find(error, ConnectionResetError):
+        return "connection reset"
+    if _find(error, http.client.IncompleteRead, urllib3.exceptions.ProtocolError):
+        return "the connection closed before the whole answer arrived"
+    for cause in _causes(error):
+        if isinstance(cause, OSError) and cause.strerror:
+            return _one_line(cause.strerror.lower())
+    if _find(error, requests.exceptions.InvalidURL, requests.exceptions.MissingSchema):
+        return "invalid URL"
+    # Not requests' own message: it quotes pools, URLs and header values.
+    return type(error).__name__
+
+
+def _status_phrase(status: int) -> str:
+    """Given an HTTP status, return its standard phrase ("" if unknown); HTTP/2 sends none."""
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def _one_line(text: str) -> str:
+    """Given server-provided text, return it on one line, cut to a readable length."""
+    flat = " ".join(text.split())
+    if len(flat) > _MAX_DETAIL_CHARS:
+        flat = flat[: _MAX_DETAIL_CHARS - 3] + "..."
+    return flat
+
+
+def _show(value: object) -> str:
+    """Given a JSON value from the answer, return a short repr for a message."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
