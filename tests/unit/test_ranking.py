@@ -1,0 +1,206 @@
+"""The ranking rule: loss first, hold-down last, near-ties by latency, then at random."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from wgfailover.ranking import (
+    Measurement,
+    RankedServer,
+    first_choice,
+    format_ago,
+    held_down_servers,
+    rank_servers,
+)
+from wgfailover.state import SwitchRecord
+
+NOW = 1_700_000_000.0
+
+
+def rank(
+    measurements: list[Measurement],
+    current: str | None = "current",
+    history: list[SwitchRecord] | None = None,
+    hold_down: float = 1800,
+    tie_epsilon: float = 0.02,
+    seed: int = 0,
+    unusable: dict[str, str] | None = None,
+) -> list[RankedServer]:
+    return rank_servers(
+        [Measurement("current", 0.9), *measurements] if current == "current" else measurements,
+        current=current,
+        history=history or [],
+        now=NOW,
+        hold_down=hold_down,
+        tie_epsilon=tie_epsilon,
+        rng=random.Random(seed),
+        unusable=unusable,
+    )
+
+
+def names(rows: list[RankedServer]) -> list[str]:
+    return [row.name for row in rows if row.rank is not None]
+
+
+def left(name: str, seconds_ago: float, seq: int = 1) -> SwitchRecord:
+    return SwitchRecord(seq=seq, time=NOW - seconds_ago, from_server=name, to_server="current", reason="failover")
+
+
+def test_lowest_loss_ranks_first_and_the_current_server_is_never_a_candidate() -> None:
+    rows = rank([Measurement("a", 0.30), Measurement("b", 0.0), Measurement("c", 0.10)])
+    assert [(r.name, r.rank, r.reason) for r in rows] == [
+        ("b", 1, "lowest loss"),
+        ("c", 2, "higher loss"),
+        ("a", 3, "higher loss"),
+        ("current", None, "current"),
+    ]
+
+
+def test_known_loss_ranks_before_unknown_even_when_high() -> None:
+    rows = rank([Measurement("unknown"), Measurement("bad", 0.95)])
+    assert names(rows) == ["bad", "unknown"]
+    assert rows[1].reason == "loss unknown"
+
+
+def test_near_ties_in_loss_go_to_the_lower_latency() -> None:
+    rows = rank([Measurement("slow", 0.00, 0.080), Measurement("fast", 0.015, 0.010)])
+    assert names(rows) == ["fast", "slow"]
+    assert rows[0].reason == "lowest latency among near-ties in loss"
+    assert rows[1].reason == "higher latency"
+
+
+def test_a_loss_difference_of_exactly_epsilon_is_a_near_tie() -> None:
+    rows = rank([Measurement("a", 0.03, 0.050), Measurement("b", 0.05, 0.010)], tie_epsilon=0.02)
+    assert names(rows) == ["b", "a"]
+
+
+def test_beyond_epsilon_loss_wins_over_latency() -> None:
+    rows = rank([Measurement("a", 0.00, 0.200), Measurement("b", 0.03, 0.001)], tie_epsilon=0.02)
+    assert names(rows) == ["a", "b"]
+    assert rows[1].reason == "higher loss"
+
+
+def test_loss_groups_are_anchored_at_their_lowest_loss() -> None:
+    # 0.00 and 0.02 tie, 0.04 is within epsilon of 0.02 but not of 0.00: it
+    # opens the next group, so its good latency cannot lift it to the top.
+    rows = rank(
+        [Measurement("a", 0.00, 0.050), Measurement("b", 0.02, 0.040), Measurement("c", 0.04, 0.001)],
+        tie_epsilon=0.02,
+    )
+    assert names(rows) == ["b", "a", "c"]
+    assert rows[2].reason == "higher loss"
+
+
+def test_known_latency_ranks_before_unknown_latency_within_a_near_tie() -> None:
+    rows = rank([Measurement("blind", 0.0), Measurement("seen", 0.01, 0.300)])
+    assert names(rows) == ["seen", "blind"]
+    assert rows[1].reason == "latency unknown"
+
+
+@pytest.mark.parametrize(
+    "measurements",
+    [
+        [Measurement(name, 0.0) for name in "abcd"],  # exact ties, no latency
+        [Measurement(name, 0.01 * i, 0.010) for i, name in enumerate("abcd")],  # near-ties in both
+        [Measurement(name) for name in "abcd"],  # every loss unknown (Prometheus said nothing)
+    ],
+    ids=["equal-loss", "near-ties", "all-unknown"],
+)
+def test_ties_are_broken_at_random_not_by_name(measurements: list[Measurement]) -> None:
+    firsts = Counter(names(rank(measurements, seed=seed, tie_epsilon=0.05))[0] for seed in range(400))
+    assert set(firsts) == {"a", "b", "c", "d"}
+    assert min(firsts.values()) > 50
+
+
+def test_the_same_seed_gives_the_same_ranking_whatever_the_input_order() -> None:
+    measurements = [Measurement(name, 0.0) for name in "abcdef"]
+    assert names(rank(measurements, seed=7)) == names(rank(list(reversed(measurements)), seed=7))
+
+
+def test_a_random_first_choice_says_so() -> None:
+    rows = rank([Measurement("a", 0.0), Measurement("b", 0.0)])
+    assert rows[0].reason == "random among 2 near-ties in loss, latency unknown"
+    assert rows[1].reason == "random tie-break"
+    rows = rank([Measurement("a", 0.0, 0.0100), Measurement("b", 0.0, 0.0101)])
+    assert rows[0].reason == "random among 2 near-ties in loss and latency"
+    rows = rank([Measurement("a"), Measurement("b")])
+    assert rows[0].reason == "loss unknown, picked at random"
+
+
+def test_servers_left_within_hold_down_rank_after_all_others_even_unknown_ones() -> None:
+    rows = rank(
+        [Measurement("left", 0.0, 0.001), Measurement("lossy", 0.5), Measurement("unknown")],
+        history=[left("left", 240)],
+    )
+    assert names(rows) == ["lossy", "unknown", "left"]
+    assert rows[2].reason == "held down: left 4m ago"
+    assert rows[2].held_down and rows[2].left_ago == 240
+
+
+def test_hold_down_expires() -> None:
+    rows = rank([Measurement("left", 0.0), Measurement("other", 0.5)], history=[left("left", 1801)])
+    assert names(rows) == ["left", "other"]
+    assert not rows[0].held_down
+
+
+def test_hold_down_zero_disables_it() -> None:
+    rows = rank([Measurement("left", 0.0), Measurement("other", 0.5)], history=[left("left", 1)], hold_down=0)
+    assert names(rows) == ["left", "other"]
+
+
+def test_held_down_servers_are_ranked_among_themselves_by_loss() -> None:
+    rows = rank(
+        [Measurement("x", 0.4), Measurement("y", 0.1), Measurement("free", 0.9)],
+        history=[left("x", 60, seq=1), left("y", 120, seq=2)],
+    )
+    assert names(rows) == ["free", "y", "x"]
+    assert rows[1].reason == "held down: left 2m ago"
+    assert rows[2].reason == "held down: left 60s ago"
+
+
+def test_when_every_candidate_is_held_down_the_best_of_them_is_chosen_and_says_so() -> None:
+    rows = rank([Measurement("x", 0.4), Measurement("y", 0.1)], history=[left("x", 60, 1), left("y", 600, 2)])
+    best = first_choice(rows)
+    assert best is not None and best.name == "y"
+    assert best.reason == "held down: left 10m ago, as is every other candidate; lowest loss"
+
+
+def test_the_only_candidate_says_so() -> None:
+    rows = rank([Measurement("only", 0.5)])
+    assert rows[0].reason == "the only candidate"
+
+
+def test_unusable_servers_are_listed_without_a_rank() -> None:
+    rows = rank([Measurement("a", 0.5), Measurement("gone", 0.0)], unusable={"gone": "config missing: /x/gone"})
+    assert [(r.name, r.rank, r.reason) for r in rows] == [
+        ("a", 1, "the only candidate"),
+        ("current", None, "current"),
+        ("gone", None, "config missing: /x/gone"),
+    ]
+
+
+def test_no_candidate_means_no_first_choice() -> None:
+    assert first_choice(rank([])) is None
+
+
+def test_without_a_current_server_every_server_is_a_candidate() -> None:
+    rows = rank([Measurement("a", 0.2), Measurement("b", 0.1)], current=None)
+    assert names(rows) == ["b", "a"]
+
+
+def test_hold_down_uses_the_latest_departure_and_ignores_the_future() -> None:
+    history = [left("a", 3000, 1), left("a", 100, 2), left("b", -50, 3)]
+    assert held_down_servers(history, NOW, 1800) == {"a": 100, "b": 0}
+
+
+def test_a_first_switch_with_no_previous_server_holds_nothing_down() -> None:
+    record = SwitchRecord(seq=1, time=NOW, from_server=None, to_server="a", reason="failover")
+    assert held_down_servers([record], NOW, 1800) == {}
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(0, "0s"), (119, "119s"), (240, "4m"), (7199, "119m"), (7500, "2h5m")])
+def test_spans_read_like_a_human_wrote_them(seconds: float, text: str) -> None:
+    assert format_ago(seconds) == text

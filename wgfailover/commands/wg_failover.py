@@ -1,0 +1,45 @@
+"""wg-failover: switch the tunnel to the best other server (timer, health check, OnFailure=)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from wgfailover.commands.common import EXIT_CODES_HELP, common_options, handle_errors, load_or_check
+from wgfailover.failover import fail_over, format_report, result_to_json
+
+
+@click.command(
+    help=(
+        "Rank every other server by the packet loss the external prober sees (one Prometheus query; "
+        "near-ties broken by latency, then at random; servers left within failover.hold_down last), "
+        "switch the active-config symlink to the best one and restart the tunnel. When Prometheus "
+        'cannot be asked the pick is random, unless failover.on_prometheus_error is "fail" (then exit 1). '
+        "With --to NAME, switch to that server without asking Prometheus (the current one: nothing to do). "
+        + EXIT_CODES_HELP
+    )
+)
+@common_options
+@click.option("--dry-run", is_flag=True, help="Print the ranking and the choice; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of a table.")
+@click.option("--to", "to", metavar="NAME", help="Switch to this configured server by hand.")
+@click.option(
+    "--reason",
+    metavar="TEXT",
+    help="Why, for the history (default: 'manual' with --to, else 'failover'; OnFailure= units pass 'unit-failed').",
+)
+def main(
+    config_path: Path,
+    check_config: bool,
+    verbose: bool,
+    dry_run: bool,
+    as_json: bool,
+    to: str | None,
+    reason: str | None,
+) -> None:
+    with handle_errors("wg-failover", verbose):
+        config = load_or_check(config_path, check_config)
+        result = fail_over(config, reason=reason or ("manual" if to else "failover"), to=to, dry_run=dry_run)
+        click.echo(json.dumps(result_to_json(result), indent=2) if as_json else format_report(result))

@@ -1,0 +1,270 @@
+"""Rank the servers to fail over to, and say why each is where it is.
+
+Pure: no I/O, no clock, no global randomness. Given what Prometheus measured,
+the current server, the switch history and the settings, return the
+ranking; failover.py asks Prometheus and acts on the first row.
+
+The rule, in order (each step only orders servers the previous steps left
+equal):
+
+1. Candidates are every server except the current one and any the caller
+   marks unusable (e.g. its WireGuard config is missing). Those come last,
+   without a rank.
+2. Tiers: servers we switched away from within ``hold_down`` seconds (from
+   the history) rank after all others, because a server whose tunnel broke
+   still answers the external prober's pings; the original picked it again
+   and again. Within each of the two halves, servers with a known loss rank
+   before servers whose loss is unknown (NaN, ±Inf or no series): unknown
+   is never read as 0.
+3. Loss groups: among known losses, the lowest remaining loss L opens a
+   group that holds every remaining server with loss <= L + tie_epsilon;
+   the next lowest outside it opens the next group, and so on. A loss 0.031
+   and a loss 0.030 are the same evidence, so they are near-ties.
+4. Latency groups, within one loss group: servers with a known mean
+   round-trip time rank before those without; known latencies are grouped
+   the same way, with a tolerance of max(LATENCY_TIE_SECONDS,
+   LATENCY_TIE_RATIO x the group's lowest latency).
+5. Random order within what is still equal: a latency group, the unknown
+   latencies of a loss group, or an unknown-loss tier. The shuffle starts
+   from name order, so one seed gives one ranking whatever the input order,
+   and a fleet of hosts seeing the same numbers does not pile onto the
+   first name (nor, with every loss unknown, does one host always retreat
+   to it, as the original did).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+from wgfailover.state import SwitchRecord
+
+# Two latencies are a near-tie when they differ by less than this many
+# seconds, or this fraction of the lower one, whichever is larger: a few
+# milliseconds of jitter between ping targets says nothing about a tunnel.
+LATENCY_TIE_SECONDS = 0.001
+LATENCY_TIE_RATIO = 0.10
+# Float slack so that a difference of exactly tie_epsilon (0.05 - 0.03)
+# counts as within it, as documented.
+_SLACK = 1e-9
+
+
+@dataclasses.dataclass(frozen=True)
+class Measurement:
+    """What Prometheus said about one server; None means unknown."""
+
+    name: str
+    loss: float | None = None  # ratio in [0, 1]
+    latency: float | None = None  # mean round-trip time, seconds
+
+
+@dataclasses.dataclass(frozen=True)
+class RankedServer:
+    """One row of a ranking."""
+
+    name: str
+    loss: float | None
+    latency: float | None
+    rank: int | None  # 1 is the choice; None: not a candidate (current, unusable)
+    reason: str  # why it is where it is, e.g. "current", "held down: left 4m ago", "loss unknown"
+    left_ago: float | None = None  # seconds since we switched away from it, if within hold_down
+
+    @property
+    def held_down(self) -> bool:
+        return self.left_ago is not None
+
+
+def held_down_servers(history: Sequence[SwitchRecord], now: float, hold_down: float) -> dict[str, float]:
+    """
+    Given the switch history, the current unix time and hold_down seconds,
+    return {server: seconds since we last switched away from it} for every
+    server left within hold_down. A record from the future (clock stepped
+    back) counts as just now.
+    """
+    if hold_down <= 0:
+        return {}
+    left: dict[str, float] = {}
+    for record in history:
+        if record.from_server is None or record.from_server == record.to_server:
+            continue
+        ago = max(0.0, now - record.time)
+        if ago < hold_down:
+            previous = left.get(record.from_server)
+            left[record.from_server] = ago if previous is None else min(previous, ago)
+    return left
+
+
+def format_ago(seconds: float) -> str:
+    """Given seconds, return a short human span: '45s', '4m', '2h5m'."""
+    whole = int(seconds)
+    if whole < 120:
+        return f"{whole}s"
+    if whole < 7200:
+        return f"{whole // 60}m"
+    hours, rest = divmod(whole, 3600)
+    minutes = rest // 60
+    return f"{hours}h{minutes}m" if minutes else f"{hours}h"
+
+
+def rank_servers(
+    measurements: Sequence[Measurement],
+    *,
+    current: str | None,
+    history: Sequence[SwitchRecord],
+    now: float,
+    hold_down: float,
+    tie_epsilon: float,
+    rng: random.Random,
+    unusable: Mapping[str, str] | None = None,
+) -> list[RankedServer]:
+    """
+    Given one Measurement per configured server, the current server's name
+    (None if unknown), the switch history, the unix time now, hold_down and
+    tie_epsilon (see the module docstring for the rule) and a random source,
+    return every server as a RankedServer: candidates first, in rank order
+    (rank 1 is the choice), then the current server and the unusable ones
+    (``unusable`` maps a name to why) without a rank. Loss and latency must
+    already be clean (None for unknown; failover.py clamps loss to [0, 1]).
+    """
+    unusable = unusable or {}
+    left = held_down_servers(history, now, hold_down)
+    candidates = [m for m in measurements if m.name != current and m.name not in unusable]
+
+    placed: list[_Placed] = []
+    for held in (False, True):
+        tier = [m for m in candidates if (m.name in left) == held]
+        known = [m for m in tier if m.loss is not None]
+        for loss_index, loss_group in enumerate(_groups(known, _loss, lambda lowest: tie_epsilon)):
+            with_latency = [m for m in loss_group if m.latency is not None]
+            latency_groups = _groups(with_latency, _latency, _latency_tolerance)
+            latency_groups.append([m for m in loss_group if m.latency is None])
+            for latency_index, latency_group in enumerate(latency_groups):
+                is_known = latency_index < len(latency_groups) - 1
+                for measurement in _shuffled(latency_group, rng):
+                    placed.append(
+                        _Placed(
+                            measurement,
+                            held,
+                            loss_index,
+                            latency_index if is_known else None,
+                            len(loss_group),
+                            len(latency_group),
+                        )
+                    )
+        unknown = [m for m in tier if m.loss is None]
+        placed += [_Placed(m, held, None, None, len(unknown), len(unknown)) for m in _shuffled(unknown, rng)]
+
+    rows = [
+        _row(entry.measurement, rank, _reason(entry, placed[0], len(placed), left), left)
+        for rank, entry in enumerate(placed, start=1)
+    ]
+    for measurement in measurements:
+        if measurement.name == current:
+            rows.append(_row(measurement, None, "current", left))
+        elif measurement.name in unusable:
+            rows.append(_row(measurement, None, unusable[measurement.name], left))
+    return rows
+
+
+def first_choice(rows: Iterable[RankedServer]) -> RankedServer | None:
+    """Given a ranking, return its rank-1 row, or None if nothing can be chosen."""
+    return next((row for row in rows if row.rank == 1), None)
+
+
+# --- internals ----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Placed:
+    """A candidate and the groups the rule put it in (None: unknown value)."""
+
+    measurement: Measurement
+    held: bool
+    loss_group: int | None
+    latency_group: int | None
+    loss_group_size: int
+    latency_group_size: int
+
+
+def _loss(measurement: Measurement) -> float:
+    return measurement.loss if measurement.loss is not None else math.inf
+
+
+def _latency(measurement: Measurement) -> float:
+    return measurement.latency if measurement.latency is not None else math.inf
+
+
+def _latency_tolerance(lowest: float) -> float:
+    return max(LATENCY_TIE_SECONDS, LATENCY_TIE_RATIO * lowest)
+
+
+def _groups(
+    items: list[Measurement],
+    key: Callable[[Measurement], float],
+    tolerance: Callable[[float], float],
+) -> list[list[Measurement]]:
+    """Given items, return them in near-tie groups: the lowest key opens a group of all within its tolerance."""
+    remaining = sorted(items, key=lambda m: (key(m), m.name))
+    groups = []
+    while remaining:
+        lowest = key(remaining[0])
+        limit = lowest + tolerance(lowest) + _SLACK
+        group = [m for m in remaining if key(m) <= limit]
+        remaining = remaining[len(group) :]
+        groups.append(group)
+    return groups
+
+
+def _shuffled(items: list[Measurement], rng: random.Random) -> list[Measurement]:
+    result = sorted(items, key=lambda m: m.name)
+    rng.shuffle(result)
+    return result
+
+
+def _reason(entry: _Placed, first: _Placed, candidates: int, left: Mapping[str, float]) -> str:
+    """Given a placed candidate and the first one, return why it ranks where it does."""
+    name = entry.measurement.name
+    held = f"held down: left {format_ago(left[name])} ago" if entry.held else None
+    if entry is first:
+        if candidates == 1:
+            return f"{held}, but the only candidate" if held else "the only candidate"
+        why = _why_first(entry)
+        return f"{held}, as is every other candidate; {why}" if held else why
+    if held and not first.held:
+        return held
+    if entry.loss_group is None:
+        why = "loss unknown"
+    elif entry.loss_group != first.loss_group:
+        why = "higher loss"
+    elif entry.latency_group == first.latency_group:
+        why = "random tie-break"
+    elif entry.latency_group is None:
+        why = "latency unknown"
+    else:
+        why = "higher latency"
+    return f"{held}; {why}" if held else why
+
+
+def _why_first(entry: _Placed) -> str:
+    if entry.loss_group is None:
+        return "loss unknown, picked at random" if entry.loss_group_size > 1 else "loss unknown"
+    if entry.loss_group_size == 1:
+        return "lowest loss"
+    if entry.latency_group is None:
+        return f"random among {entry.latency_group_size} near-ties in loss, latency unknown"
+    if entry.latency_group_size == 1:
+        return "lowest latency among near-ties in loss"
+    return f"random among {entry.latency_group_size} near-ties in loss and latency"
+
+
+def _row(measurement: Measurement, rank: int | None, reason: str, left: Mapping[str, float]) -> RankedServer:
+    return RankedServer(
+        name=measurement.name,
+        loss=measurement.loss,
+        latency=measurement.latency,
+        rank=rank,
+        reason=reason,
+        left_ago=left.get(measurement.name),
+    )
