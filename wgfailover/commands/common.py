@@ -21,7 +21,7 @@ log = logging.getLogger("wgfailover")
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_CODES_HELP = (
-    "Exit codes: 0 done, 1 could not act, 2 usage, 69 could not measure "
+    "Exit codes: 0 done, 1 could not act, 2 usage, 69 health check could not measure "
     "(Prometheus unreachable), 75 state lock busy, 78 bad configuration."
 )
 
