@@ -1,0 +1,32 @@
+"""wg-health-check: judge the tunnel's loss and fail over after repeated bad checks (run by a timer)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from wgfailover.commands.common import EXIT_CODES_HELP, common_options, handle_errors, load_or_check
+from wgfailover.health import check_health
+
+
+@click.command(
+    help=(
+        "Measure the tunnel's packet loss since the previous check (never before the last switch) "
+        "from the prober inside the VPN namespace. health.max_failures checks in a row above "
+        "health.threshold trigger a failover; one good check resets the count. "
+        "When Prometheus can't be asked, the count stays as it was, unless health.interface is set: "
+        "then the newest WireGuard handshake decides. " + EXIT_CODES_HELP
+    )
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Show the loss, the span judged, the count and what would happen; change nothing.",
+)
+@common_options
+def main(config_path: Path, check_config: bool, verbose: bool, dry_run: bool) -> None:
+    with handle_errors("wg-health-check", verbose):
+        config = load_or_check(config_path, check_config)
+        result = check_health(config, dry_run=dry_run)
+        click.echo(("dry run: " if dry_run else "") + result.message)
