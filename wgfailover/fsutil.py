@@ -9,6 +9,7 @@ Here a reader sees either the old file or the new one, never a mix.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -19,6 +20,24 @@ def _temp_name(path: Path) -> Path:
     # Beside the target, so the rename stays within one filesystem; a dot
     # prefix keeps node_exporter from reading half-written *.prom files.
     return path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+
+
+def remove_stale_temps(path: Path) -> None:
+    """
+    Given a target path, delete the temp files _temp_name made for it that
+    are still there. A process killed between creating its temp file and
+    the rename (SIGKILL, power loss) cannot clean up, and every such crash
+    would leave one more. Call only under the state lock, which every writer
+    of the target holds, so no live writer's temp file is touched.
+    """
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.[0-9a-f]{{8}}\.tmp")
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return
+    for name in names:
+        if pattern.fullmatch(name):
+            _remove_quietly(path.parent / name)
 
 
 def fsync_dir(directory: Path) -> None:

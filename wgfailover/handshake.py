@@ -11,15 +11,14 @@ why it is only the fallback.
 from __future__ import annotations
 
 import dataclasses
-import subprocess
 from collections.abc import Sequence
 
 from wgfailover.errors import MeasurementError
+from wgfailover.external import run_command
 
 # `wg show` answers from the kernel (or wireguard-go's socket) at once; the
 # bound only matters when something is badly stuck.
 WG_TIMEOUT = 10.0
-_STDERR_TAIL = 300
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,26 +77,7 @@ def run_wg_show(argv: Sequence[str], timeout: float = WG_TIMEOUT) -> str:
     MeasurementError (the check could not measure) if it cannot run, fails
     or overruns.
     """
-    what = " ".join(argv)
-    try:
-        result = subprocess.run(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=timeout,
-            check=False,
-        )
-    except FileNotFoundError:
-        raise MeasurementError(f"cannot read handshakes: command not found: {argv[0]}") from None
-    except PermissionError:
-        raise MeasurementError(f"cannot read handshakes: permission denied running {argv[0]}") from None
-    except subprocess.TimeoutExpired:
-        raise MeasurementError(f"cannot read handshakes: {what} did not finish within {timeout:g}s") from None
-    if result.returncode != 0:
-        stderr = " ".join(result.stderr.decode("utf-8", errors="replace").split())[-_STDERR_TAIL:]
-        detail = f": {stderr}" if stderr else ""
-        raise MeasurementError(f"cannot read handshakes: {what} exited with {result.returncode}{detail}")
-    return result.stdout.decode("utf-8", errors="replace")
+    return run_command(argv, timeout, "cannot read handshakes", MeasurementError)
 
 
 def check_handshake(interface: str, netns: str | None, timeout: float, now: float) -> HandshakeCheck:

@@ -37,12 +37,12 @@ import requests
 
 from wgfailover.config import Config, HealthSettings, format_duration
 from wgfailover.errors import ActionError, PrometheusError, WgFailoverError
+from wgfailover.external import run_command
 from wgfailover.failover import FailoverResult, fail_over
 from wgfailover.handshake import HandshakeCheck, check_handshake
 from wgfailover.metrics import write_metrics
 from wgfailover.prometheus import PrometheusClient
 from wgfailover.state import CheckRecord, StateDir, SwitchRecord
-from wgfailover.switch import run_command
 
 log = logging.getLogger(__name__)
 
@@ -385,7 +385,7 @@ def trigger_failover(
         # `systemctl start` of a oneshot returns when the failover is done, so
         # allow for everything the failover itself may wait for.
         timeout = config.lock_timeout + config.prometheus.timeout + config.restart_timeout + _TRIGGER_MARGIN
-        run_command(command, timeout, "triggering the failover")
+        run_command(command, timeout, "triggering the failover failed")
         return None
     try:
         return fail_over(config, reason=reason, rng=rng, wall_clock=wall_clock)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from wgfailover.fsutil import atomic_write
+from wgfailover.fsutil import atomic_write, remove_stale_temps
 from wgfailover.state import StateDir
 
 TEXTFILE_NAME = "wg_failover.prom"
@@ -91,10 +91,12 @@ def render_metrics(state: StateDir, server_names: list[str]) -> str:
 def write_metrics(textfile_dir: Path | None, state: StateDir, server_names: list[str]) -> None:
     """
     Given the textfile directory (None: metrics disabled), rewrite
-    wg_failover.prom there from the state. Mode 0644 so node_exporter can read
-    it under UMask=0077. Raise StateError if it cannot be written.
+    wg_failover.prom there from the state (call under the state lock). Mode
+    0644 so node_exporter can read it under UMask=0077. Raise StateError if
+    it cannot be written.
     """
     if textfile_dir is None:
         return
     content = render_metrics(state, server_names)
+    remove_stale_temps(textfile_dir / TEXTFILE_NAME)
     atomic_write(textfile_dir / TEXTFILE_NAME, content.encode(), mode=0o644)

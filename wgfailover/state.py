@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from wgfailover.errors import LockBusyError, StateError
-from wgfailover.fsutil import atomic_write
+from wgfailover.fsutil import atomic_write, remove_stale_temps
 from wgfailover.servers import is_safe_server_name
 
 log = logging.getLogger(__name__)
@@ -150,6 +150,8 @@ class StateDir:
                         f"another wg-failover command has held {lock_path} for over {timeout:g}s; giving up"
                     )
                 time.sleep(_LOCK_POLL_SECONDS)
+            for name in (CURRENT_FILE, FAILURES_FILE, HISTORY_FILE, LAST_CHECK_FILE):
+                remove_stale_temps(self.file(name))
             yield
         finally:
             os.close(fd)  # closing drops the flock

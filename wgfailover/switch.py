@@ -9,45 +9,15 @@ the next wg-select or wg-failover reconciles the rest.
 from __future__ import annotations
 
 import logging
-import subprocess
-from collections.abc import Sequence
 
 from wgfailover.config import Config
 from wgfailover.errors import ActionError
-from wgfailover.fsutil import atomic_symlink
+from wgfailover.external import run_command
+from wgfailover.fsutil import atomic_symlink, remove_stale_temps
 from wgfailover.metrics import write_metrics
 from wgfailover.state import StateDir, SwitchRecord
 
 log = logging.getLogger(__name__)
-
-_STDERR_TAIL = 500
-
-
-def run_command(argv: Sequence[str], timeout: float, what: str) -> None:
-    """
-    Given an argv (no shell), run it with a timeout. Raise ActionError
-    naming what it was for, with the end of its stderr, if it cannot be
-    started, fails, or overruns.
-    """
-    try:
-        result = subprocess.run(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=timeout,
-            check=False,
-        )
-    except FileNotFoundError:
-        raise ActionError(f"{what} failed: command not found: {argv[0]}") from None
-    except PermissionError:
-        raise ActionError(f"{what} failed: permission denied running {argv[0]}") from None
-    except subprocess.TimeoutExpired:
-        raise ActionError(f"{what} failed: {' '.join(argv)} did not finish within {timeout:g}s") from None
-    if result.returncode != 0:
-        stderr = result.stderr.decode("utf-8", errors="replace").strip()
-        stderr = " ".join(stderr.split())[-_STDERR_TAIL:]
-        detail = f": {stderr}" if stderr else ""
-        raise ActionError(f"{what} failed: {' '.join(argv)} exited with {result.returncode}{detail}")
 
 
 def point_link(config: Config, state: StateDir, name: str) -> None:
@@ -56,6 +26,7 @@ def point_link(config: Config, state: StateDir, name: str) -> None:
     if server is None:  # callers pass configured names; guard against path use anyway
         raise ActionError(f"{name!r} is not a configured server")
     state.write_current(name)
+    remove_stale_temps(config.active_link)
     atomic_symlink(server.config_path, config.active_link)
 
 
@@ -82,5 +53,5 @@ def switch_to(
     state.write_failures(0)
     write_metrics(config.textfile_dir, state, config.server_names)
     log.info("switched from %s to %s (%s)", from_server or "none", to_server, reason)
-    run_command(config.restart_command, config.restart_timeout, "restarting the tunnel")
+    run_command(config.restart_command, config.restart_timeout, "restarting the tunnel failed")
     return record

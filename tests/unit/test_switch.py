@@ -15,7 +15,8 @@ from wgfailover.config import load_config
 from wgfailover.errors import ActionError, ExitCode
 from wgfailover.fsutil import atomic_symlink, atomic_write
 from wgfailover.state import StateDir
-from wgfailover.switch import run_command, switch_to
+from wgfailover.external import run_command
+from wgfailover.switch import switch_to
 
 
 def test_atomic_write_sets_the_mode_even_under_a_strict_umask(tmp_path: Path) -> None:
@@ -75,7 +76,7 @@ def test_the_link_is_never_missing_or_dangling_while_it_is_swapped(tmp_path: Pat
 
 def test_a_failing_restart_is_reported_with_its_stderr() -> None:
     with pytest.raises(ActionError) as caught:
-        run_command(["sh", "-c", "echo 'Job for wg.service failed.' >&2; exit 3"], 10, "restarting the tunnel")
+        run_command(["sh", "-c", "echo 'Job for wg.service failed.' >&2; exit 3"], 10, "restarting the tunnel failed")
     assert (
         str(caught.value)
         == "restarting the tunnel failed: sh -c echo 'Job for wg.service failed.' >&2; exit 3 exited with 3: Job for wg.service failed."
@@ -85,12 +86,12 @@ def test_a_failing_restart_is_reported_with_its_stderr() -> None:
 
 def test_a_missing_restart_command_is_reported() -> None:
     with pytest.raises(ActionError, match="restarting the tunnel failed: command not found: /nonexistent/systemctl"):
-        run_command(["/nonexistent/systemctl", "restart"], 10, "restarting the tunnel")
+        run_command(["/nonexistent/systemctl", "restart"], 10, "restarting the tunnel failed")
 
 
 def test_a_hanging_restart_is_bounded() -> None:
     with pytest.raises(ActionError, match=r"did not finish within 0.2s"):
-        run_command(["sleep", "30"], 0.2, "restarting the tunnel")
+        run_command(["sleep", "30"], 0.2, "restarting the tunnel failed")
 
 
 def test_switch_records_links_resets_and_restarts(make_config_file: Callable[..., Path], tmp_path: Path) -> None:
