@@ -365,6 +365,23 @@ def _table(document: dict[str, Any], key: str, problems: _Problems) -> dict[str,
     return value
 
 
+def _section_reader(
+    document: dict[str, Any], name: str, defaults: Any, problems: _Problems
+) -> Callable[[str, Converter], Any]:
+    """
+    Given the document, a section's name and its settings dataclass with
+    defaults, reject the section's unknown keys and return a function that
+    reads one key (converted, or the default when absent or invalid).
+    """
+    section = _table(document, name, problems)
+    _reject_unknown(section, [field.name for field in dataclasses.fields(defaults)], name, problems)
+
+    def read(key: str, convert: Converter) -> Any:
+        return _take(section, key, name, convert, getattr(defaults, key), problems)
+
+    return read
+
+
 _TOP_KEYS = [
     "config_dir",
     "active_link",
@@ -429,13 +446,7 @@ def parse_config(document: dict[str, Any], path: Path) -> Config:
     }
     servers = _parse_servers(document, config_dir, problems)
 
-    section = _table(document, "prometheus", problems)
-    _reject_unknown(section, [f.name for f in dataclasses.fields(PrometheusSettings)], "prometheus", problems)
-    defaults_p = PrometheusSettings()
-
-    def prom(key: str, convert: Converter) -> Any:
-        return _take(section, key, "prometheus", convert, getattr(defaults_p, key), problems)
-
+    prom = _section_reader(document, "prometheus", PrometheusSettings(), problems)
     prometheus = PrometheusSettings(
         url=prom("url", _url),
         timeout=prom("timeout", _positive_duration),
@@ -453,13 +464,7 @@ def parse_config(document: dict[str, Any], path: Path) -> Config:
     if prometheus.bearer_token_file and prometheus.username:
         problems.add("prometheus.bearer_token_file", "use either a bearer token or a username, not both")
 
-    section = _table(document, "failover", problems)
-    _reject_unknown(section, [f.name for f in dataclasses.fields(FailoverSettings)], "failover", problems)
-    defaults_f = FailoverSettings()
-
-    def fail(key: str, convert: Converter) -> Any:
-        return _take(section, key, "failover", convert, getattr(defaults_f, key), problems)
-
+    fail = _section_reader(document, "failover", FailoverSettings(), problems)
     failover_placeholders = {"hosts", "label", "window"}
     failover = FailoverSettings(
         window=fail("window", _positive_duration),
@@ -471,13 +476,7 @@ def parse_config(document: dict[str, Any], path: Path) -> Config:
         tie_epsilon=fail("tie_epsilon", _ratio),
     )
 
-    section = _table(document, "health", problems)
-    _reject_unknown(section, [f.name for f in dataclasses.fields(HealthSettings)], "health", problems)
-    defaults_h = HealthSettings()
-
-    def health_key(key: str, convert: Converter) -> Any:
-        return _take(section, key, "health", convert, getattr(defaults_h, key), problems)
-
+    health_key = _section_reader(document, "health", HealthSettings(), problems)
     health = HealthSettings(
         threshold=health_key("threshold", _ratio),
         max_failures=health_key("max_failures", _positive_int),
