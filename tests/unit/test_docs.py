@@ -48,7 +48,11 @@ def test_every_console_script_is_declared_in_pyproject() -> None:
 
 
 def documented_keys() -> list[str]:
-    keys = [f.name for f in dataclasses.fields(Config) if f.name not in ("path", "servers", "prometheus", "failover", "health")]
+    keys = [
+        f.name
+        for f in dataclasses.fields(Config)
+        if f.name not in ("path", "servers", "prometheus", "failover", "health")
+    ]
     keys += ["endpoint"]
     for settings in (PrometheusSettings, FailoverSettings, HealthSettings):
         keys += [f.name for f in dataclasses.fields(settings)]

@@ -13,9 +13,9 @@ import pytest
 
 from wgfailover.config import load_config
 from wgfailover.errors import ActionError, ExitCode
+from wgfailover.external import run_command
 from wgfailover.fsutil import atomic_symlink, atomic_write
 from wgfailover.state import StateDir
-from wgfailover.external import run_command
 from wgfailover.switch import switch_to
 
 
