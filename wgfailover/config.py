@@ -68,6 +68,15 @@ _DURATION_UNITS = {
 _PLACEHOLDER = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 
 
+def fill_template(template: str, values: dict[str, str]) -> str:
+    """
+    Given a query template and {placeholder: value}, return the query with
+    each $name replaced. Anything else that starts with '$' (a PromQL
+    label_replace reference such as "$1") is left as it is.
+    """
+    return _PLACEHOLDER.sub(lambda match: values.get(match.group(1), match.group(0)), template)
+
+
 def parse_duration(value: object) -> float:
     """
     Given a Prometheus duration ("90s", "5m", "1h30m") or a number of seconds
@@ -188,6 +197,8 @@ class _Problems:
         self.items: list[str] = []
 
     def add(self, key: str, message: str) -> None:
+        # A quoted TOML key may hold a newline (servers."a\nb"); the error stays one line.
+        key, message = (text if text.isprintable() else repr(text)[1:-1] for text in (key, message))
         self.items.append(f"{key}: {message}" if key else message)
 
 
@@ -238,7 +249,11 @@ def _nonempty_string(value: object) -> str:
 
 
 def _path(value: object) -> Path:
-    return Path(_nonempty_string(value))
+    text = _nonempty_string(value)
+    if "\x00" in text:
+        # TOML allows "\u0000"; the OS would refuse it only when a command acts.
+        raise ValueError("must not contain a NUL character")
+    return Path(text)
 
 
 def _absolute_path(value: object) -> Path:
@@ -265,6 +280,8 @@ def _argv(value: object) -> tuple[str, ...]:
         raise TypeError(f"expected a non-empty list of strings, got {_type_name(value)}")
     if not all(isinstance(item, str) and item for item in value):
         raise TypeError("every argument must be a non-empty string")
+    if any("\x00" in item for item in value):
+        raise ValueError("an argument must not contain a NUL character")
     return tuple(value)
 
 
@@ -526,4 +543,7 @@ def load_config(path: Path | None = None) -> Config:
         raise ConfigError(path, "not UTF-8 text") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(path, f"not valid TOML: {error}") from None
+    except RecursionError:
+        # tomllib parses nested arrays and inline tables recursively.
+        raise ConfigError(path, "not valid TOML: nested too deeply") from None
     return parse_config(document, path)

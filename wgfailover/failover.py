@@ -15,12 +15,11 @@ import dataclasses
 import logging
 import math
 import random
-import string
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from wgfailover.config import Config, FailoverSettings, format_duration
+from wgfailover.config import Config, FailoverSettings, fill_template, format_duration
 from wgfailover.errors import ActionError, ConfigError, PrometheusError, UsageError
 from wgfailover.prometheus import PrometheusClient, Sample, escape_regex_value
 from wgfailover.ranking import Measurement, RankedServer, first_choice, rank_servers
@@ -150,9 +149,9 @@ def build_query(settings: FailoverSettings, endpoints: Iterable[str]) -> str:
     """
     hosts = "|".join(escape_regex_value(endpoint) for endpoint in sorted(set(endpoints)))
     values = {"hosts": hosts, "label": settings.label, "window": format_duration(settings.window)}
-    parts = [_tagged(string.Template(settings.query).substitute(values), "loss")]
+    parts = [_tagged(fill_template(settings.query, values), "loss")]
     if settings.latency_query.strip():
-        parts.append(_tagged(string.Template(settings.latency_query).substitute(values), "latency"))
+        parts.append(_tagged(fill_template(settings.latency_query, values), "latency"))
     return " or ".join(parts)
 
 

@@ -29,13 +29,12 @@ import dataclasses
 import logging
 import math
 import random
-import re
 import time
 from collections.abc import Callable
 
 import requests
 
-from wgfailover.config import Config, HealthSettings, format_duration
+from wgfailover.config import Config, HealthSettings, fill_template, format_duration
 from wgfailover.errors import ActionError, PrometheusError, WgFailoverError
 from wgfailover.external import run_command
 from wgfailover.failover import FailoverResult, fail_over
@@ -57,7 +56,6 @@ SUPERSEDED = "superseded"  # a switch happened while measuring: the measurement 
 # Seconds a failover triggered through health.failover_command may take on
 # top of the configured bounds of what it runs (lock wait, queries, restart).
 _TRIGGER_MARGIN = 30.0
-_PLACEHOLDER = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,9 +185,8 @@ def plan_span(
 
 def render_query(template: str, selector: str, window: str) -> str:
     """Given the health query template, the selector and a PromQL range, return the query."""
-    values = {"selector": selector, "window": window}
     # Unknown placeholders were rejected when the config was loaded.
-    return _PLACEHOLDER.sub(lambda match: values.get(match.group(1), match.group(0)), template)
+    return fill_template(template, {"selector": selector, "window": window})
 
 
 def measure_loss(client: PrometheusClient, health: HealthSettings, span: Span) -> Measurement:

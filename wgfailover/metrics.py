@@ -8,11 +8,15 @@ commands are oneshots, so a counter would restart from zero on each run.
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
+from wgfailover.errors import StateError
 from wgfailover.fsutil import atomic_write, remove_stale_temps
 from wgfailover.state import StateDir
+
+log = logging.getLogger(__name__)
 
 TEXTFILE_NAME = "wg_failover.prom"
 
@@ -88,15 +92,22 @@ def render_metrics(state: StateDir, server_names: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_metrics(textfile_dir: Path | None, state: StateDir, server_names: list[str]) -> None:
+def write_metrics(textfile_dir: Path | None, state: StateDir, server_names: list[str]) -> bool:
     """
     Given the textfile directory (None: metrics disabled), rewrite
     wg_failover.prom there from the state (call under the state lock). Mode
-    0644 so node_exporter can read it under UMask=0077. Raise StateError if
-    it cannot be written.
+    0644 so node_exporter can read it under UMask=0077. Return whether it
+    was written. A failure is logged, never raised: the metrics are for
+    watching the tunnel, and a missing node_exporter directory must not stop
+    a switch half-way (link moved, tunnel not restarted) or a health check.
     """
     if textfile_dir is None:
-        return
+        return False
     content = render_metrics(state, server_names)
     remove_stale_temps(textfile_dir / TEXTFILE_NAME)
-    atomic_write(textfile_dir / TEXTFILE_NAME, content.encode(), mode=0o644)
+    try:
+        atomic_write(textfile_dir / TEXTFILE_NAME, content.encode(), mode=0o644)
+    except StateError as error:
+        log.warning("%s; the metrics are not updated (check textfile_dir)", error)
+        return False
+    return True

@@ -455,3 +455,18 @@ def held_lock(state: StateDir) -> Iterator[None]:
     with open(state.file("lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
+
+
+def test_a_prometheus_capture_reference_in_the_query_is_left_for_prometheus() -> None:
+    from wgfailover.config import FailoverSettings
+    from wgfailover.failover import build_query
+
+    settings = FailoverSettings(
+        label="instance",
+        query='1 - avg by ($label) (label_replace(probe_success{$label=~"$hosts"}[$window], "instance", "$1", "instance", "(.*):.*"))',
+        latency_query="",
+    )
+    query = build_query(settings, ["192.0.2.1"])
+    assert '"$1"' in query
+    assert 'instance=~"192\\\\.0\\\\.2\\\\.1"' in query
+    assert "[300s]" in query

@@ -131,3 +131,18 @@ def test_a_failed_restart_leaves_state_consistent_with_the_new_server(
     assert state.read_current(config.server_names).name == "server3"
     assert Path(os.readlink(config.active_link)).name == "server3"
     assert state.last_switch() is not None
+
+
+def test_an_unwritable_textfile_dir_does_not_stop_the_switch(
+    make_config_file: Callable[..., Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    marker = tmp_path / "restarted"
+    path = make_config_file(restart_command=("touch", str(marker)))
+    path.write_text(path.read_text().replace(f'textfile_dir = "{tmp_path}"', f'textfile_dir = "{tmp_path}/missing"'))
+    config = load_config(path)
+    state = StateDir(config.state_dir)
+    with state.locked(5):
+        switch_to(config, state, to_server="server2", from_server="server1", reason="t", losses={}, now=1.0)
+    assert marker.exists()
+    assert state.read_current(config.server_names).name == "server2"
+    assert f"cannot write {tmp_path}/missing/wg_failover.prom: No such file or directory" in caplog.text
