@@ -139,8 +139,9 @@ def plan_span(
     Given the health settings, the current unix time, the previous check and
     the last switch (either may be None), return the span this check judges:
     the time since the previous check clipped to [min_window, window], cut
-    at the last switch. If less than min_window has passed since the switch,
-    return a waiting Span: there is not yet enough of the new server's data.
+    at the last switch. If less than min_window has passed since the switch
+    or since the previous check, return a waiting Span: there is not yet
+    enough new data, and judging older data again would count it twice.
     """
     since_switch: float | None = None
     if last_switch is not None:
@@ -168,10 +169,21 @@ def plan_span(
         seconds, reason = health.window, "first check: all of health.window"
     else:
         elapsed = now - last_check.time
-        if elapsed < health.min_window:
-            # Overlapping the previous check a little beats judging a range
-            # too short for rate() to have two scrapes in it.
-            seconds, reason = health.min_window, f"last check {max(elapsed, 0):.0f}s ago: raised to health.min_window"
+        if 0 <= elapsed < health.min_window:
+            # Judging min_window again would count the previous check's data
+            # twice: three quick runs by hand would make one bad minute look
+            # like three. Wait until there is min_window of new data.
+            needed = format_duration(health.min_window)
+            return Span(
+                seconds=elapsed,
+                reason=f"too soon after the last check: {elapsed:.0f}s of new data, {needed} needed",
+                waiting=True,
+                since_switch=since_switch,
+            )
+        if elapsed < 0:
+            # The clock was stepped back since the last check: judge the
+            # shortest span rather than stop checking until it catches up.
+            seconds, reason = health.min_window, "last check recorded in the future: health.min_window"
         elif elapsed > health.window:
             seconds, reason = health.window, f"last check {elapsed:.0f}s ago: cut to health.window"
         else:

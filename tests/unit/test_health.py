@@ -7,6 +7,8 @@ instead, since a mock cannot cross a process boundary.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import logging
 import os
@@ -340,8 +342,8 @@ def test_an_unreachable_prometheus_raises_from_the_library(
         (None, "300s", "first check: all of health.window"),
         (45, "45s", "since the last check"),
         (45.4, "45s", "since the last check"),
-        (10, "30s", "last check 10s ago: raised to health.min_window"),
-        (-20, "30s", "last check 0s ago: raised to health.min_window"),  # clock stepped back
+        (30, "30s", "since the last check"),
+        (-20, "30s", "last check recorded in the future: health.min_window"),  # clock stepped back
         (1000, "300s", "last check 1000s ago: cut to health.window"),
     ],
 )
@@ -359,6 +361,22 @@ def test_each_check_judges_the_span_since_the_previous_one_clipped(
     assert window_of(sent_query(requests_mock.last_request)) == window
     assert result.span.reason == reason
     assert StateDir(config.state_dir).read_last_check() == CheckRecord(time=NOW, loss=0.0, span=float(window[:-1]))
+
+
+@pytest.mark.parametrize("last_check_ago", [0, 10, 29.5])
+def test_a_check_sooner_than_min_window_after_the_last_waits_and_counts_nothing(
+    config: Config, requests_mock: requests_mock_module.Mocker, last_check_ago: float
+) -> None:
+    state = state_of(config)
+    state.write_last_check(CheckRecord(time=NOW - last_check_ago, loss=0.9, span=60))
+    state.write_failures(2)
+    requests_mock.post(QUERY_URL, json=vector("0.9"))
+    result = check_health(config, wall_clock=wall())
+    assert result.outcome == WAITING
+    assert result.span.reason == f"too soon after the last check: {last_check_ago:.0f}s of new data, 30s needed"
+    assert not requests_mock.called
+    assert state.read_failures() == 2
+    assert state.read_last_check() == CheckRecord(time=NOW - last_check_ago, loss=0.9, span=60)
 
 
 def switch_record(seconds_ago: float, seq: int = 1) -> SwitchRecord:
@@ -569,6 +587,14 @@ def run_command(config: Config, *args: str, path_prefix: Path | None = None) -> 
     )
 
 
+def a_timer_period_passes(config: Config, seconds: float = 60) -> None:
+    """Move the last check back in time, as if the timer's period had passed."""
+    state = StateDir(config.state_dir)
+    last = state.read_last_check()
+    assert last is not None
+    state.write_last_check(dataclasses.replace(last, time=last.time - seconds))
+
+
 def test_the_counter_persists_across_separate_processes(
     make_health_config: Callable[..., Config], fake_prometheus: FakePrometheus, tmp_path: Path
 ) -> None:
@@ -583,15 +609,18 @@ def test_the_counter_persists_across_separate_processes(
     assert first.returncode == 0, first.stderr
     assert first.stdout.endswith("; count failure 2 of 3\n")
     assert (config.state_dir / "health-failures").read_text() == "2\n"
+    a_timer_period_passes(config)
     second = run_command(config)
     assert second.returncode == 0, second.stderr
     assert "; failure 3 of 3: failover triggered (" in second.stdout
     assert marker.read_text() == "lock free"
     assert (config.state_dir / "health-failures").read_text() == "0\n"
     fake_prometheus.loss = "0.01"
+    a_timer_period_passes(config)
     third = run_command(config)
     assert third.returncode == 0, third.stderr
-    assert third.stdout.startswith("healthy: loss 0.01 <= 0.15 over 30s")
+    assert third.stdout.startswith("healthy: loss 0.01 <= 0.15 over 6")  # the ~60s since the last check
+    assert third.stdout.endswith("; failures 0 of 3\n")
 
 
 def test_a_failover_command_running_wg_failover_on_the_same_state_does_not_deadlock(
