@@ -8,7 +8,6 @@ instead, since a mock cannot cross a process boundary.
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import logging
 import os
