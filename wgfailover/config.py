@@ -106,8 +106,10 @@ def parse_duration(value: object) -> float:
                 ) from None
     else:
         raise ValueError(f"expected a duration like '90s' or '5m', got {type(value).__name__}")
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"{value!r} is not a positive duration")
+    if not math.isfinite(seconds):
+        raise ValueError(f"{value!r} is not a finite duration")
+    if seconds < 0:
+        raise ValueError(f"{value!r} is negative; a duration must be 0 or more")
     return seconds
 
 
@@ -212,6 +214,9 @@ def _reject_unknown(table: dict[str, Any], known: list[str], prefix: str, proble
             continue
         close = difflib.get_close_matches(key, known, n=1)
         hint = f" (did you mean '{_join(prefix, close[0])}'?)" if close else ""
+        if prefix and key in _TOP_KEYS:
+            # TOML puts every key after [a.table] into that table.
+            hint = " (a top-level key: move it above the first [table])"
         problems.add(_join(prefix, key), f"unknown key{hint}")
 
 

@@ -301,6 +301,12 @@ def _decide(
             raise ActionError(f'{error}; not switching (failover.on_prometheus_error = "fail")')
         log.warning("%s; picking at random among the other servers", error)
         measurements = [Measurement(server.name) for server in config.servers]
+    elif not any(m.loss is not None for m in measurements if m.name != current.name and m.name not in unusable):
+        log.warning(
+            "Prometheus has no loss for any other server (is failover.label %r on the prober's series, "
+            "and do the endpoints match its values?); picking at random",
+            config.failover.label,
+        )
     rows = rank_servers(
         measurements,
         current=current.name,

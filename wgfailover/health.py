@@ -35,7 +35,7 @@ from collections.abc import Callable
 import requests
 
 from wgfailover.config import Config, HealthSettings, fill_template, format_duration
-from wgfailover.errors import ActionError, PrometheusError, WgFailoverError
+from wgfailover.errors import ActionError, ConfigError, PrometheusError, WgFailoverError
 from wgfailover.external import run_command
 from wgfailover.failover import FailoverResult, fail_over
 from wgfailover.handshake import HandshakeCheck, check_handshake
@@ -239,12 +239,16 @@ def measure(
     the measurement: the loss from Prometheus, or, when Prometheus cannot be
     asked and health.interface is set, the interface's handshake age. Raise
     PrometheusError (exit 69, nothing counted) when Prometheus fails and no
-    interface is set, MeasurementError when the handshakes can't be read.
+    interface is set, MeasurementError when the handshakes can't be read,
+    ConfigError when neither prometheus.url nor health.interface is set.
     """
     health = config.health
     interface = health.interface
-    if config.prometheus.url is None and interface is not None:
-        return _measure_handshake(health, interface, now, None)
+    if config.prometheus.url is None:
+        if interface is not None:
+            return _measure_handshake(health, interface, now, None)
+        # Not an outage that will pass (69) but a setting that is missing.
+        raise ConfigError(config.path, "prometheus.url is not set; wg-health-check needs it (or health.interface)")
     try:
         client = PrometheusClient(config.prometheus, clock=clock, session=session)
         return measure_loss(client, health, span)

@@ -1,9 +1,13 @@
 """Logging to stderr in a form journald keeps.
 
-Under systemd (JOURNAL_STREAM is set when stderr is connected to the
-journal) each line starts with an sd-daemon ``<N>`` priority prefix, so
-``journalctl -p warning`` filters correctly. Elsewhere lines read
-``wg-failover: warning: ...`` like other Unix tools.
+Under systemd, when stderr really is the journal (systemd sets
+JOURNAL_STREAM to the device and inode of that stream, see
+systemd.exec(5)), each line starts with an sd-daemon ``<N>`` priority
+prefix, so ``journalctl -p warning`` filters correctly. Elsewhere lines
+read ``wg-failover: warning: ...`` like other Unix tools. One event is one
+line either way: newlines inside a message (a --reason, a server's stderr)
+are escaped, because journald would split them into lines without a
+priority.
 """
 
 from __future__ import annotations
@@ -21,30 +25,59 @@ _SYSLOG_PRIORITY = {
 }
 
 
-class _JournalFormatter(logging.Formatter):
+def _one_line(text: str) -> str:
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
+class _OneEventPerLine(logging.Formatter):
+    """Render a record as one line; a traceback (--verbose) follows, one line per line."""
+
+    def prefix(self, record: logging.LogRecord) -> str:
+        raise NotImplementedError
+
     def format(self, record: logging.LogRecord) -> str:
-        priority = _SYSLOG_PRIORITY.get(record.levelno, 6)
-        return f"<{priority}>{record.getMessage()}"
+        line = self.prefix(record) + _one_line(record.getMessage())
+        if record.exc_info:
+            trace = self.formatException(record.exc_info).splitlines()
+            line += "".join("\n" + self.prefix(record) + trace_line for trace_line in trace)
+        return line
 
 
-class _TerminalFormatter(logging.Formatter):
+class _JournalFormatter(_OneEventPerLine):
+    def prefix(self, record: logging.LogRecord) -> str:
+        return f"<{_SYSLOG_PRIORITY.get(record.levelno, 6)}>"
+
+
+class _TerminalFormatter(_OneEventPerLine):
     def __init__(self, program: str) -> None:
         super().__init__()
         self.program = program
 
-    def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
+    def prefix(self, record: logging.LogRecord) -> str:
         if record.levelno >= logging.ERROR:
-            return f"{self.program}: error: {message}"
+            return f"{self.program}: error: "
         if record.levelno >= logging.WARNING:
-            return f"{self.program}: warning: {message}"
-        return f"{self.program}: {message}"
+            return f"{self.program}: warning: "
+        return f"{self.program}: "
+
+
+def stderr_is_journal() -> bool:
+    """Return whether stderr is the stream systemd connected to the journal."""
+    expected = os.environ.get("JOURNAL_STREAM", "")
+    device, _, inode = expected.partition(":")
+    if not (device.isdigit() and inode.isdigit()):
+        return False
+    try:
+        status = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (status.st_dev, status.st_ino) == (int(device), int(inode))
 
 
 def setup_logging(program: str, verbose: bool = False) -> None:
     """Given the command's name, send the package's log records to stderr, one line each."""
     handler = logging.StreamHandler(sys.stderr)
-    if os.environ.get("JOURNAL_STREAM"):
+    if stderr_is_journal():
         handler.setFormatter(_JournalFormatter())
     else:
         handler.setFormatter(_TerminalFormatter(program))

@@ -75,9 +75,13 @@ class SwitchRecord:
         if not isinstance(losses, dict):
             raise ValueError("losses is not an object")
         from_server = data.get("from")
+        when = float(data["time"])
+        if not math.isfinite(when):
+            # NaN would make every later comparison with the clock false.
+            raise ValueError("time is not a finite number")
         return cls(
             seq=int(data["seq"]),
-            time=float(data["time"]),
+            time=when,
             from_server=str(from_server) if from_server is not None else None,
             to_server=str(data["to"]),
             reason=str(data.get("reason", "")),
@@ -206,7 +210,8 @@ class StateDir:
             return 0
         if not text:
             return 0
-        if not text.isdigit():
+        # isdigit() alone takes "²", which int() refuses; a count never needs 19 digits.
+        if not (text.isascii() and text.isdigit() and len(text) < 19):
             log.warning("%s holds %r, not a count; counting from 0", path, text[:40])
             return 0
         return int(text)
@@ -231,8 +236,9 @@ class StateDir:
                 continue
             try:
                 records.append(SwitchRecord.from_json(json.loads(line)))
-            except (ValueError, KeyError, TypeError):
-                log.warning("%s line %d is not a switch record; ignored", path, number)
+            # Overflow: a seq of Infinity; recursion: "[[[[..." past Python's limit.
+            except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
+                log.warning("%s line %d is not a switch record; ignored (the next switch drops it)", path, number)
         return records
 
     def last_switch(self) -> SwitchRecord | None:
@@ -271,14 +277,17 @@ class StateDir:
             data = json.loads(path.read_text(encoding="utf-8"))
             loss = data.get("loss")
             span = data.get("span")
-            return CheckRecord(
+            record = CheckRecord(
                 time=float(data["time"]),
                 loss=float(loss) if loss is not None else None,
                 span=float(span) if span is not None else None,
             )
+            if not math.isfinite(record.time):
+                raise ValueError("time is not a finite number")
+            return record
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
             log.warning("%s is unreadable; treating the next check as the first", path)
             return None
 

@@ -166,6 +166,22 @@ handshake_timeout = "3m"
         ),
         ({"servers": {"s": {"endpont": "a"}}}, "servers.s.endpont: unknown key (did you mean 'servers.s.endpoint'?)"),
         ({"servers": {"s": {}}, "zzz": 1}, "zzz: unknown key"),
+        (
+            {"servers": {"s": {"restart_timeout": "2m"}}},
+            "servers.s.restart_timeout: unknown key (a top-level key: move it above the first [table])",
+        ),
+        (
+            {**MINIMAL, "health": {"state_dir": "/x"}},
+            "health.state_dir: unknown key (a top-level key: move it above the first [table])",
+        ),
+        (
+            {**MINIMAL, "failover": {"hold_down": "-5m"}},
+            "failover.hold_down: '-5m' is not a duration (use Prometheus syntax like '90s', '5m', '1h30m', or a number of seconds)",
+        ),
+        (
+            {**MINIMAL, "failover": {"hold_down": -5}},
+            "failover.hold_down: -5 is negative; a duration must be 0 or more",
+        ),
         ({}, "servers: no servers configured (add a [servers.NAME] table per VPN server)"),
         ({"servers": {}}, "servers: no servers configured (add a [servers.NAME] table per VPN server)"),
         (
@@ -259,6 +275,12 @@ def test_the_message_names_the_file_and_counts_the_problems() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config({"servers": {"s": {}}, "a": 1, "b": 2}, Path("/etc/wg.toml"))
     assert str(caught.value) == "/etc/wg.toml: 2 problems: a: unknown key; b: unknown key"
+
+
+def test_a_directory_given_as_config_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path)
+    assert str(caught.value) == f"{tmp_path}: cannot read: Is a directory"
 
 
 def test_a_missing_file_says_how_to_point_at_another(tmp_path: Path) -> None:

@@ -470,3 +470,26 @@ def test_a_prometheus_capture_reference_in_the_query_is_left_for_prometheus() ->
     assert '"$1"' in query
     assert 'instance=~"192\\\\.0\\\\.2\\\\.1"' in query
     assert "[300s]" in query
+
+
+def test_an_answer_with_no_loss_for_any_candidate_is_warned_about(
+    tmp_path: Path, requests_mock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = make_config(tmp_path)
+    set_current(config, "server1")
+    # Only the current server has data: the others' endpoints match no series.
+    requests_mock.post(QUERY_URL, json=answer(("192.0.2.1", "loss", "0.9")))
+    result = fail_over(config, reason="failover", dry_run=True, rng=random.Random(1), wall_clock=lambda: NOW)
+    assert result.choice in {"server2", "server3"}
+    assert "Prometheus has no loss for any other server (is failover.label 'host' on the prober's series" in caplog.text
+
+
+def test_an_answer_with_a_loss_for_a_candidate_is_not_warned_about(
+    tmp_path: Path, requests_mock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = make_config(tmp_path)
+    set_current(config, "server1")
+    requests_mock.post(QUERY_URL, json=answer(("192.0.2.2", "loss", "0.1")))
+    result = fail_over(config, reason="failover", dry_run=True, rng=random.Random(1), wall_clock=lambda: NOW)
+    assert result.choice == "server2"
+    assert "Prometheus has no loss" not in caplog.text

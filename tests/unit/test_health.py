@@ -682,3 +682,14 @@ def test_without_prometheus_the_handshake_decides_when_an_interface_is_set(
         result.stderr
     )
     assert (tmp_path / "bin" / "wg.args").read_text() == "show wg0 latest-handshakes\n"
+
+
+def test_without_prometheus_url_or_interface_the_check_is_a_config_error(
+    make_config_file: Callable[..., Path],
+) -> None:
+    path = make_config_file()
+    result = CliRunner().invoke(main, ["--config", str(path)], env={"JOURNAL_STREAM": None})
+    assert result.exit_code == ExitCode.CONFIG == 78
+    assert result.stderr == (
+        f"wg-health-check: error: {path}: prometheus.url is not set; wg-health-check needs it (or health.interface)\n"
+    )

@@ -134,17 +134,3 @@ def test_check_config_validates_without_acting(make_config_file: Callable[..., P
     assert result.exit_code == 0
     assert result.stdout == f"{path}: valid; 3 servers (server1, server2, server3)\n"
     assert not load_config(path).active_link.exists()
-
-
-def test_under_systemd_log_lines_carry_syslog_priorities(
-    make_config_file: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("JOURNAL_STREAM", "8:12345")
-    path = make_config_file()
-    config = load_config(path)
-    config.state_dir.mkdir()
-    (config.state_dir / "current").write_text("nope\n")
-    result = CliRunner().invoke(main, ["--config", str(path)])
-    lines = result.stderr.splitlines()
-    assert lines[0] == f"<4>{config.state_dir / 'current'} names 'nope', which is not a configured server; replacing it"
-    assert lines[1].startswith("<6>picked server ")

@@ -39,7 +39,7 @@ def common_options(function: F) -> F:
     function = click.option(
         "--config",
         "config_path",
-        type=click.Path(dir_okay=False, path_type=Path),
+        type=click.Path(path_type=Path),  # load_config reports a directory as exit 78
         envvar=CONFIG_ENV_VAR,
         default=DEFAULT_CONFIG_PATH,
         show_default=True,

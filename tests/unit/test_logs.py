@@ -1,0 +1,91 @@
+"""Log lines: one per event, with syslog priorities when stderr is the journal."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from wgfailover.commands.common import handle_errors
+from wgfailover.config import load_config
+
+BIN = Path(sys.executable).parent
+
+
+def run_with_stderr_file(args: list[str], stderr_path: Path, journal_stream: str | None) -> str:
+    env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "WG_FAILOVER_CONFIG")}
+    with open(stderr_path, "wb") as stderr:
+        if journal_stream == "this file":
+            status = os.fstat(stderr.fileno())
+            env["JOURNAL_STREAM"] = f"{status.st_dev}:{status.st_ino}"
+        elif journal_stream is not None:
+            env["JOURNAL_STREAM"] = journal_stream
+        subprocess.run(args, stderr=stderr, stdout=subprocess.DEVNULL, env=env, timeout=60, check=False)
+    return stderr_path.read_text()
+
+
+@pytest.fixture
+def bad_state_config(make_config_file: Callable[..., Path]) -> Path:
+    path = make_config_file()
+    config = load_config(path)
+    config.state_dir.mkdir()
+    (config.state_dir / "current").write_text("nope\n")
+    return path
+
+
+def test_when_stderr_is_the_journal_lines_carry_syslog_priorities(bad_state_config: Path, tmp_path: Path) -> None:
+    state = load_config(bad_state_config).state_dir
+    output = run_with_stderr_file(
+        [str(BIN / "wg-select"), "--config", str(bad_state_config)], tmp_path / "stderr", "this file"
+    )
+    lines = output.splitlines()
+    assert lines[0] == f"<4>{state / 'current'} names 'nope', which is not a configured server; replacing it"
+    assert lines[1].startswith("<6>picked server ")
+
+
+@pytest.mark.parametrize("journal_stream", [None, "8:12345", "garbage"])
+def test_elsewhere_lines_name_the_program_and_level(
+    bad_state_config: Path, tmp_path: Path, journal_stream: str | None
+) -> None:
+    # A shell started from a unit inherits JOURNAL_STREAM, but its stderr is a terminal or a file.
+    output = run_with_stderr_file(
+        [str(BIN / "wg-select"), "--config", str(bad_state_config)], tmp_path / "stderr", journal_stream
+    )
+    assert output.splitlines()[0].startswith("wg-select: warning: ")
+
+
+def test_a_newline_in_a_message_stays_on_one_line(make_config_file: Callable[..., Path], tmp_path: Path) -> None:
+    path = make_config_file()
+    state = load_config(path).state_dir
+    state.mkdir()
+    (state / "current").write_text("server1\n")
+    output = run_with_stderr_file(
+        [str(BIN / "wg-failover"), "--config", str(path), "--to", "server3", "--reason", "line1\nline2"],
+        tmp_path / "stderr",
+        "this file",
+    )
+    switched = [line for line in output.splitlines() if "switched" in line]
+    assert len(switched) == 1
+    assert switched[0] == "<6>switched from server1 to server3 (line1\\nline2)"
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_an_internal_error_is_one_line_and_verbose_adds_the_traceback(
+    verbose: bool, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    with pytest.raises(SystemExit) as exited, handle_errors("wg-select", verbose):
+        raise RuntimeError("a bug")
+    assert exited.value.code == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "wg-select: error: internal error: RuntimeError: a bug (run with --verbose for the traceback)"
+    if verbose:
+        assert lines[1] == "wg-select: error: traceback"
+        assert lines[2] == "wg-select: error: Traceback (most recent call last):"
+        assert lines[-1] == "wg-select: error: RuntimeError: a bug"
+    else:
+        assert len(lines) == 1
