@@ -349,6 +349,14 @@ def _template(required: set[str], allowed: set[str], *, empty_ok: bool = False) 
     return convert
 
 
+def _netns_name(value: object) -> str:
+    text = _nonempty_string(value)
+    if "/" in text or text in (".", ".."):
+        # `ip netns exec` takes a name; the NixOS prober option takes a path.
+        raise ValueError(f"expected a namespace name as in /run/netns/NAME, got {text!r}")
+    return text
+
+
 def _label_name(value: object) -> str:
     text = _string(value)
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", text):
@@ -509,7 +517,7 @@ def parse_config(document: dict[str, Any], path: Path) -> Config:
         on_no_data=health_key("on_no_data", _choice("failure", "ignore")),
         failover_command=health_key("failover_command", _argv),
         interface=health_key("interface", _nonempty_string),
-        netns=health_key("netns", _nonempty_string),
+        netns=health_key("netns", _netns_name),
         handshake_timeout=health_key("handshake_timeout", _positive_duration),
     )
     if health.min_window > health.window:
@@ -552,3 +560,23 @@ def load_config(path: Path | None = None) -> Config:
         # tomllib parses nested arrays and inline tables recursively.
         raise ConfigError(path, "not valid TOML: nested too deeply") from None
     return parse_config(document, path)
+
+
+def check_referenced_files(config: Config) -> tuple[list[str], list[str]]:
+    """
+    Given a valid config, return (errors, warnings) about the files it names:
+    a missing credential or CA file is an error (every query would fail), a
+    server without a WireGuard config is a warning (the others still work,
+    and secrets may be decrypted only at boot).
+    """
+    errors = []
+    for key in ("ca_file", "bearer_token_file", "password_file"):
+        file_path = getattr(config.prometheus, key)
+        if file_path is not None and not os.access(file_path, os.R_OK):
+            errors.append(f"prometheus.{key}: {file_path} is missing or unreadable")
+    warnings = [
+        f"servers.{server.name}: its WireGuard config {server.config_path} does not exist"
+        for server in config.servers
+        if not server.config_path.is_file()
+    ]
+    return errors, warnings

@@ -16,16 +16,19 @@ message naming the URL and never a credential; callers decide the policy
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import http
 import http.client
 import json
 import logging
 import math
+import os
 import queue
 import re
 import socket
 import ssl
+import stat
 import threading
 import time
 import urllib.parse
@@ -201,6 +204,9 @@ class PrometheusClient:
             # and fail on anything else.
             self._auth = requests.auth.HTTPBasicAuth(settings.username.encode("utf-8"), password.encode("utf-8"))
             self._secrets.append(password)
+            # The form the Authorization header carries, which a server may echo back.
+            encoded = base64.b64encode(f"{settings.username}:{password}".encode()).decode("ascii")
+            self._secrets.append(encoded)
 
         self._verify: bool | str = True
         if settings.ca_file is not None:
@@ -373,6 +379,8 @@ class PrometheusClient:
             document = json.loads(reply.body)
         except ValueError as error:  # JSONDecodeError and UnicodeDecodeError
             json_error = str(error)
+        except RecursionError:  # "[[[[..." nested past Python's limit
+            json_error = "nested too deeply"
 
         if 300 <= reply.status < 400:
             where = f" to {_redact_url(reply.location)}" if reply.location else ""
@@ -514,13 +522,19 @@ def _read_secret(path: Path, key: str) -> str:
     surrounding whitespace. Raise ConfigError if it can't be read or is empty.
     """
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as file:
+            mode = stat.S_IMODE(os.fstat(file.fileno()).st_mode)
+            text = file.read().decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(path, f"{key}: no such file") from None
     except UnicodeDecodeError:
         raise ConfigError(path, f"{key}: not UTF-8 text") from None
     except OSError as error:
         raise ConfigError(path, f"{key}: cannot read: {error.strerror or error}") from None
+    if mode & 0o044:
+        # Warned about, not refused: refusing would break the tunnel's failover
+        # over a permission that is already the operator's decision.
+        log.warning("%s (%s) is readable by other users (mode %04o); chmod 600 it", path, key, mode)
     # Files written by `echo` or editors end in a newline that is no part
     # of the secret; surrounding blanks never are either.
     text = text.strip()

@@ -256,6 +256,10 @@ handshake_timeout = "3m"
         ),
         ({**MINIMAL, "health": {"netns": "vpn"}}, "health.netns: needs health.interface as well"),
         (
+            {**MINIMAL, "health": {"interface": "wg0", "netns": "/run/netns/wg"}},
+            "health.netns: expected a namespace name as in /run/netns/NAME, got '/run/netns/wg'",
+        ),
+        (
             {**MINIMAL, "health": {"failover_command": "systemctl start x"}},
             'health.failover_command: expected a list of arguments like ["systemctl", "restart", "wg.service"], got the string \'systemctl start x\'',
         ),

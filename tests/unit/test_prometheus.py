@@ -561,6 +561,7 @@ def test_after_a_timeout_later_queries_fail_fast_without_connecting(raw_server: 
 def token_file(tmp_path: Path) -> Path:
     path = tmp_path / "token"
     path.write_text(f"{TOKEN}\n")
+    path.chmod(0o600)  # as secrets are kept; a readable one is warned about
     return path
 
 
@@ -568,6 +569,7 @@ def token_file(tmp_path: Path) -> Path:
 def password_file(tmp_path: Path) -> Path:
     path = tmp_path / "password"
     path.write_text(f"{PASSWORD}\n")
+    path.chmod(0o600)  # as secrets are kept; a readable one is warned about
     return path
 
 

@@ -134,3 +134,23 @@ def test_check_config_validates_without_acting(make_config_file: Callable[..., P
     assert result.exit_code == 0
     assert result.stdout == f"{path}: valid; 3 servers (server1, server2, server3)\n"
     assert not load_config(path).active_link.exists()
+
+
+def test_check_config_warns_about_a_missing_server_config_but_passes(make_config_file: Callable[..., Path]) -> None:
+    path = make_config_file()
+    config = load_config(path)
+    (config.config_dir / "server2").unlink()
+    result = CliRunner().invoke(main, ["--config", str(path), "--check-config"], env={"JOURNAL_STREAM": None})
+    assert result.exit_code == 0
+    assert result.stderr == (
+        f"wg-select: warning: servers.server2: its WireGuard config {config.config_dir / 'server2'} does not exist\n"
+    )
+
+
+def test_check_config_fails_on_a_missing_credential_file(make_config_file: Callable[..., Path], tmp_path: Path) -> None:
+    path = make_config_file(extra=f'[prometheus]\nurl = "http://127.0.0.1:9"\nbearer_token_file = "{tmp_path}/token"\n')
+    result = CliRunner().invoke(main, ["--config", str(path), "--check-config"], env={"JOURNAL_STREAM": None})
+    assert result.exit_code == 78
+    assert result.stderr == (
+        f"wg-select: error: {path}: prometheus.bearer_token_file: {tmp_path}/token is missing or unreadable\n"
+    )

@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 
 import click
 
-from wgfailover.config import CONFIG_ENV_VAR, DEFAULT_CONFIG_PATH, Config, load_config
-from wgfailover.errors import ExitCode, WgFailoverError
+from wgfailover.config import CONFIG_ENV_VAR, DEFAULT_CONFIG_PATH, Config, check_referenced_files, load_config
+from wgfailover.errors import ConfigError, ExitCode, WgFailoverError
 from wgfailover.logs import setup_logging
 
 log = logging.getLogger("wgfailover")
@@ -81,9 +81,17 @@ def describe_config(config: Config) -> str:
 
 
 def load_or_check(config_path: Path, check_config: bool) -> Config:
-    """Load the config; under --check-config print the summary and exit 0."""
+    """
+    Load the config. Under --check-config also check the files it names,
+    print the summary and exit: 0 when usable, 78 when a run would fail.
+    """
     config = load_config(config_path)
     if check_config:
+        errors, warnings = check_referenced_files(config)
+        for warning in warnings:
+            log.warning("%s", warning)
+        if errors:
+            raise ConfigError(config.path, errors)
         click.echo(describe_config(config))
         sys.exit(0)
     return config
