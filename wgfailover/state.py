@@ -287,7 +287,7 @@ class StateDir:
             return record
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError):
             log.warning("%s is unreadable; treating the next check as the first", path)
             return None
 

@@ -1,0 +1,165 @@
+"""A full disk or a read-only state directory: one clear line, exit 1, state intact.
+
+The state directory, the link and the metrics file live on a real tmpfs
+mounted by the test (root only; skipped otherwise): filled to the last
+byte for the full-disk cases, remounted read-only for the others (root
+ignores file modes, so chmod would prove nothing). Each of the three
+commands must fail with exit 1 and one line naming the file it could not
+write, and leave every file as it was, with no temp file behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.reliability.helpers import FakePrometheus, Install, check_state, run, serve, temp_files, write_install
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs under tmp_path, unmounted afterwards whatever happens."""
+    mountpoint = tmp_path / "tmpfs"
+    mountpoint.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(mountpoint)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+@pytest.fixture
+def prometheus() -> Iterator[FakePrometheus]:
+    """A loss of 0.5, so every health check has a failure to count."""
+    yield from serve(FakePrometheus(loss=0.5))
+
+
+@pytest.fixture
+def install(tmpfs: Path, prometheus: FakePrometheus) -> Install:
+    """
+    An installation wholly on the tmpfs with a state worth keeping: two
+    switches (an hour ago, so health checks measure rather than wait for
+    data), a counted failure and a last check.
+    """
+    installed = write_install(
+        tmpfs,
+        prometheus_url=prometheus.url,
+        top='lock_timeout = "10s"',
+        extra='[failover]\nhold_down = "0s"\n[health]\nmax_failures = 1000\nmin_window = "1s"\n',
+    )
+    assert run("wg-select", installed).returncode == 0
+    assert run("wg-failover", installed, "--to", "server2").returncode == 0
+    assert run("wg-failover", installed, "--to", "server3").returncode == 0
+    history = installed.state_dir / "history.jsonl"
+    records = [json.loads(line) for line in history.read_text().splitlines()]
+    history.write_text("".join(json.dumps({**record, "time": record["time"] - 3600}) + "\n" for record in records))
+    checked = run("wg-health-check", installed)
+    assert checked.returncode == 0 and "count failure 1" in checked.stdout, checked.stdout + checked.stderr
+    age_last_check(installed)
+    assert check_state(installed) == []
+    return installed
+
+
+def age_last_check(install: Install, seconds: float = 3600) -> None:
+    """Move the last check back in time, so the next check measures instead of waiting for new data."""
+    path = install.state_dir / "last-check.json"
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps({**record, "time": record["time"] - seconds}) + "\n")
+
+
+def fill(directory: Path) -> None:
+    """Write into directory until not one more byte fits."""
+    fd = os.open(directory / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (64 * 1024, 4096, 1):
+            try:
+                while True:
+                    os.write(fd, b"\0" * size)
+            except OSError as error:
+                assert error.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError) as caught:
+        (directory / "probe").write_bytes(b"x")
+    assert caught.value.errno == errno.ENOSPC
+    (directory / "probe").unlink(missing_ok=True)
+
+
+@pytest.fixture
+def read_only(tmpfs: Path) -> Iterator[None]:
+    """Remount the tmpfs read-only for the test (and back, so it can be unmounted cleanly)."""
+    subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(tmpfs)], check=False)
+
+
+COMMANDS = [
+    ("wg-select", ()),
+    ("wg-failover", ("--to", "server1")),
+    ("wg-failover", ()),
+    ("wg-health-check", ()),
+]
+
+
+def assert_one_line_error(command: str, result: subprocess.CompletedProcess[str], reason: str) -> str:
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if ": error: " in line]
+    assert len(errors) == 1, result.stderr
+    [line] = errors
+    assert line.startswith(f"{command}: error: ")
+    assert reason in line, line
+    return line
+
+
+@pytest.mark.parametrize("command, args", COMMANDS)
+def test_a_full_disk_is_one_line_exit_1_and_the_previous_state_stays(
+    install: Install, tmpfs: Path, command: str, args: tuple[str, ...]
+) -> None:
+    before = install.snapshot()
+    fill(tmpfs)
+    result = run(command, install, *args)
+    line = assert_one_line_error(command, result, "No space left on device")
+    assert f"cannot write {install.state_dir}/" in line
+    assert install.snapshot() == before
+    assert temp_files(install.state_dir) == [] and temp_files(tmpfs) == []
+    assert check_state(install) == []
+
+
+@pytest.mark.parametrize("command, args", COMMANDS)
+def test_a_read_only_state_dir_is_one_line_exit_1_and_the_previous_state_stays(
+    install: Install, read_only: None, command: str, args: tuple[str, ...]
+) -> None:
+    before = install.snapshot()
+    result = run(command, install, *args)
+    line = assert_one_line_error(command, result, "Read-only file system")
+    assert str(install.state_dir) in line
+    assert install.snapshot() == before
+    assert check_state(install) == []
+
+
+def test_after_the_disk_is_freed_the_next_run_succeeds(install: Install, tmpfs: Path) -> None:
+    fill(tmpfs)
+    assert run("wg-failover", install, "--to", "server1").returncode == 1
+    (tmpfs / "filler").unlink()
+    result = run("wg-failover", install, "--to", "server1")
+    assert result.returncode == 0, result.stderr
+    assert install.read("current") == b"server1\n"
+    assert check_state(install, chain=True) == []
