@@ -139,7 +139,13 @@ class StateDir:
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as error:
-            raise StateError(f"cannot open lock file {lock_path}: {error.strerror}") from None
+            try:
+                # flock needs no write access: on a read-only state dir an
+                # existing lock file still serialises the readers, so
+                # wg-select can restore an unchanged state at boot.
+                fd = os.open(lock_path, os.O_RDONLY)
+            except OSError:
+                raise StateError(f"cannot open lock file {lock_path}: {error.strerror}") from None
         try:
             deadline = self._clock() + timeout
             while True:
@@ -170,10 +176,12 @@ class StateDir:
         """
         path = self.file(CURRENT_FILE)
         try:
-            raw = path.read_bytes()
+            raw = self._read_current_bytes()
         except FileNotFoundError:
             return CurrentServer(None, f"{path} does not exist (first boot)", first_boot=True)
         except OSError as error:
+            if error.errno == errno.ELOOP:
+                return CurrentServer(None, f"{path} is a symlink, not a file")
             return CurrentServer(None, f"cannot read {path}: {error.strerror}")
         try:
             text = raw.decode("utf-8")
@@ -191,6 +199,22 @@ class StateDir:
         if name not in known:
             return CurrentServer(None, f"{path} names {name!r}, which is not a configured server")
         return CurrentServer(name)
+
+    def _read_current_bytes(self) -> bytes:
+        # Never through a symlink: a planted link to /etc/shadow would
+        # otherwise have its first line quoted in the log.
+        fd = os.open(self.file(CURRENT_FILE), os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            return os.read(fd, 4096)
+        finally:
+            os.close(fd)
+
+    def holds_current(self, name: str) -> bool:
+        """Return whether ``current`` is a file holding exactly name and a newline."""
+        try:
+            return self._read_current_bytes() == f"{name}\n".encode()
+        except OSError:
+            return False
 
     def write_current(self, name: str) -> None:
         """Record the active server (name and a newline, as the original)."""

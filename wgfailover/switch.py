@@ -9,6 +9,7 @@ the next wg-select or wg-failover reconciles the rest.
 from __future__ import annotations
 
 import logging
+import os
 
 from wgfailover.config import Config
 from wgfailover.errors import ActionError
@@ -21,13 +22,24 @@ log = logging.getLogger(__name__)
 
 
 def point_link(config: Config, state: StateDir, name: str) -> None:
-    """Record name as current and point active_link at its config (call under the lock)."""
+    """
+    Record name as current and point active_link at its config (call under
+    the lock). What is already right is left alone, so restoring an
+    unchanged state at boot writes nothing and works on a full or
+    read-only disk.
+    """
     server = config.server(name)
     if server is None:  # callers pass configured names; guard against path use anyway
         raise ActionError(f"{name!r} is not a configured server")
-    state.write_current(name)
-    remove_stale_temps(config.active_link)
-    atomic_symlink(server.config_path, config.active_link)
+    if not state.holds_current(name):
+        state.write_current(name)
+    try:
+        linked = os.readlink(config.active_link)
+    except OSError:
+        linked = None
+    if linked != str(server.config_path):
+        remove_stale_temps(config.active_link)
+        atomic_symlink(server.config_path, config.active_link)
 
 
 def switch_to(

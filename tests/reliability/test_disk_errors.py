@@ -110,8 +110,9 @@ def read_only(tmpfs: Path) -> Iterator[None]:
         subprocess.run(["mount", "-o", "remount,rw", str(tmpfs)], check=False)
 
 
+# wg-select restoring an unchanged state writes nothing (see below), so it
+# fails only where it must change something.
 COMMANDS = [
-    ("wg-select", ()),
     ("wg-failover", ("--to", "server1")),
     ("wg-failover", ()),
     ("wg-health-check", ()),
@@ -153,6 +154,38 @@ def test_a_read_only_state_dir_is_one_line_exit_1_and_the_previous_state_stays(
     assert str(install.state_dir) in line
     assert install.snapshot() == before
     assert check_state(install) == []
+
+
+@pytest.mark.parametrize("disk", ["full", "read-only"])
+def test_wg_select_restores_an_unchanged_state_from_a_full_or_read_only_disk(
+    install: Install, tmpfs: Path, disk: str
+) -> None:
+    before = install.snapshot()
+    if disk == "full":
+        fill(tmpfs)
+    else:
+        subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
+    try:
+        result = run("wg-select", install)
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(tmpfs)], check=False)
+    # The boot goes on with the recorded server; only the metrics are stale.
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "server3\n"
+    assert "Traceback" not in result.stderr and ": error: " not in result.stderr
+    assert "the metrics are not updated" in result.stderr
+    assert install.snapshot() == before
+    assert check_state(install) == []
+
+
+def test_wg_select_that_must_change_the_state_fails_in_one_line_on_a_full_disk(install: Install, tmpfs: Path) -> None:
+    (install.state_dir / "current").write_text("server9\n")  # unknown: must be replaced
+    before = install.snapshot()
+    fill(tmpfs)
+    result = run("wg-select", install)
+    line = assert_one_line_error("wg-select", result, "No space left on device")
+    assert f"cannot write {install.state_dir}/current" in line
+    assert install.snapshot() == before
 
 
 def test_after_the_disk_is_freed_the_next_run_succeeds(install: Install, tmpfs: Path) -> None:

@@ -208,3 +208,14 @@ def test_a_lock_held_past_the_bound_gives_up_with_exit_75(state: StateDir, tmp_p
         holder.wait(timeout=30)
     with state.locked(timeout=5):
         pass  # released when the holder exited
+
+
+def test_a_current_that_is_a_symlink_is_not_followed(state: StateDir, tmp_path: Path) -> None:
+    secret = tmp_path / "shadow"
+    secret.write_text("root:$6$secret:20228:0:99999:7:::\n")
+    state.ensure()
+    (state.path / "current").symlink_to(secret)
+    current = state.read_current(KNOWN)
+    assert current.name is None
+    assert current.problem == f"{state.path / 'current'} is a symlink, not a file"
+    assert not state.holds_current("server1")

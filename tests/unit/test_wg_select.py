@@ -154,3 +154,13 @@ def test_check_config_fails_on_a_missing_credential_file(make_config_file: Calla
     assert result.stderr == (
         f"wg-select: error: {path}: prometheus.bearer_token_file: {tmp_path}/token is missing or unreadable\n"
     )
+
+
+def test_restoring_an_unchanged_state_writes_nothing(make_config_file: Callable[..., Path]) -> None:
+    config = load_config(make_config_file())
+    select_server(config, rng=random.Random(3))
+    current = config.state_dir / "current"
+    before = (current.stat().st_ino, current.stat().st_mtime_ns, config.active_link.lstat().st_ino)
+    selection = select_server(config, rng=random.Random(4))
+    assert selection.restored
+    assert (current.stat().st_ino, current.stat().st_mtime_ns, config.active_link.lstat().st_ino) == before
