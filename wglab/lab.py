@@ -65,7 +65,7 @@ TUNNEL_NET = "10.201.0.0/24"
 CLIENT_TUNNEL_ADDR = "10.201.0.2"
 SERVER_TUNNEL_ADDR = "10.201.0.1"
 WG_PORT = 51820
-_SERVER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]{0,30}$")
+SERVER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]{0,30}$")
 
 
 def toml_value(value: Any) -> str:
@@ -147,8 +147,8 @@ class Lab:
         if not 1 <= len(names) <= 200:  # 10.200.K.0/24 per server, K < 250
             raise ValueError("a lab has 1..200 servers")
         for name in names:
-            if not _SERVER_NAME_RE.match(name):
-                raise ValueError(f"server name {name!r} must match {_SERVER_NAME_RE.pattern}")
+            if not SERVER_NAME_RE.match(name):
+                raise ValueError(f"server name {name!r} must match {SERVER_NAME_RE.pattern}")
         self.server_names = names
         self.lab_id = secrets.token_hex(2)
         self.prefix = f"wgl{self.lab_id}"
@@ -246,6 +246,8 @@ class Lab:
         self.client_keys = Keypair.generate()
         self.config_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.config_dir, 0o700)
+        # node_exporter's textfile directory exists before the tool runs.
+        self.textfile_dir.mkdir(parents=True, exist_ok=True)
         for name in self.server_names:
             keys = self.server_keys[name] = Keypair.generate()
             ns, iface = self.server_ns[name], self.server_iface[name]
@@ -423,6 +425,34 @@ class Lab:
         )
         by_ip = self.prometheus.query_values(expr, "host")
         return {n: by_ip[ip] for n, ip in self.endpoint_ip.items() if ip in by_ip}
+
+    def tunnel_loss(self, window: str = "5s") -> float | None:
+        """Given a rate() window, return the tunnel loss over every vpn-prober
+        series, as the health check's default query sees it (None: no data)."""
+        if self.prometheus is None:
+            raise RuntimeError("this lab runs without Prometheus")
+        sel = 'job="vpn-prober"'
+        result = self.prometheus.query(
+            f"1 - sum(rate(smokeping_response_duration_seconds_count{{{sel}}}[{window}]))"
+            f" / sum(rate(smokeping_requests_total{{{sel}}}[{window}]))"
+        )
+        value = float(result[0]["value"][1]) if result else float("nan")
+        return value if value == value else None  # NaN: nothing was sent
+
+    def is_clean(self, window: str = "5s", tolerance: float = 0.05) -> bool:
+        """Given a rate() window, return whether Prometheus shows no loss on
+        any endpoint nor in the tunnel over it. A reply counted a scrape after
+        its request can make an undisturbed series differ from 0 by a
+        sample's worth, never by the default 5%."""
+        loss = self.endpoint_loss(window)
+        values = [loss.get(name) for name in self.server_names] + [self.tunnel_loss(window)]
+        return all(v is not None and abs(v) < tolerance for v in values)
+
+    def clear_loss(self) -> None:
+        """Given a lab, remove every injected loss (endpoints and tunnels)."""
+        for name in self.server_names:
+            self.set_loss(name, 0)
+        self.set_tunnel_loss(0)
 
     def config_dict(self) -> dict[str, Any]:
         """Given a lab, return the default wg-failover config pointing at it

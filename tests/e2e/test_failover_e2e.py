@@ -1,0 +1,227 @@
+"""wg-failover end to end: the real commands fail over real WireGuard tunnels.
+
+Each test runs one scenario of wglab.scenarios (the same ones `make demo` and
+`python -m wglab.scenarios` run) in a three-server lab shared by the module,
+with its own config and state directory: wg-select boots it, the scenario
+first removes every loss and waits until Prometheus shows a clean lab. A
+"check" is one wg-health-check run, started once Prometheus holds
+health.min_window of new tunnel samples since the previous check (polling
+Prometheus, never sleeping). Nothing asserts on wall-clock time; the frozen
+Prometheus test prints how long wg-failover took.
+
+The lab needs root and the Debian binaries; those tests are skipped with the
+reason otherwise. The tests of how a user's config is mapped onto the lab
+run everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from wgfailover.config import load_config
+from wglab.lab import Lab
+from wglab.scenarios import (
+    REQUIRED_BINARIES,
+    Runner,
+    blip,
+    frozen_prometheus,
+    lab_server_names,
+    no_cascade,
+    outage,
+    partial_loss,
+    restart_fails,
+    unit_failed,
+    write_lab_config,
+)
+
+pytestmark = pytest.mark.e2e
+
+MISSING = [b for b in REQUIRED_BINARIES if shutil.which(b) is None]
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    """A three-server lab shared by the module's tests, with data in Prometheus."""
+    if os.geteuid() != 0:
+        pytest.skip("the lab needs root (network namespaces, nftables, TUN)")
+    if MISSING:
+        pytest.skip(f"missing binaries: {', '.join(MISSING)} (run .ci/run or apt install)")
+    with Lab(servers=3) as built:
+        built.wait_for_metrics(timeout=60)
+        yield built
+
+
+@pytest.fixture
+def runner(lab: Lab, tmp_path: Path) -> Iterator[Runner]:
+    """The shared lab driven by a fresh config and state directory, booted
+    by wg-select (first boot: a random server) with traffic through it."""
+    config = write_lab_config(lab, tmp_path / "config.toml", state_dir=str(tmp_path / "state"))
+    booted = Runner(lab, config)
+    booted.start()
+    yield booted
+    # A failed test may leave losses or a stopped Prometheus behind; the
+    # next test's scenario waits for Prometheus to show a clean lab.
+    assert lab.prometheus is not None and lab.prometheus.process is not None
+    os.kill(lab.prometheus.process.pid, signal.SIGCONT)
+    lab.clear_loss()
+
+
+def test_hard_outage_switches_to_a_healthy_server_within_max_failures_plus_one_checks(runner: Runner) -> None:
+    outcome = outage(runner)
+    assert outcome.switch is not None, outcome.describe()
+    assert len(outcome.checks) <= runner.max_failures + 1
+    assert outcome.switch.to_server != outcome.from_server
+    assert outcome.switch.reason.startswith("health-check: loss 1 > 0.15 for 3 checks")
+    # The new server was healthy when chosen: the ranking saw no loss there.
+    assert (outcome.switch.losses[outcome.switch.to_server] or 0) < 0.05
+    assert runner.lab.active_server() == outcome.switch.to_server
+    assert runner.lab.ping_through_tunnel()
+    assert outcome.ok, outcome.describe()
+
+
+def test_30_percent_loss_switches(runner: Runner) -> None:
+    outcome = partial_loss(runner, 30)
+    assert outcome.switch is not None, outcome.describe()
+    assert outcome.switch.to_server != outcome.from_server
+    assert runner.lab.active_server() == outcome.switch.to_server
+    assert outcome.ok, outcome.describe()
+
+
+def test_a_one_check_blip_does_not_switch(runner: Runner) -> None:
+    outcome = blip(runner)
+    first, *after = outcome.checks
+    assert first.bad and first.failures == 1, outcome.describe()
+    assert len(after) == runner.max_failures
+    assert outcome.switch is None, outcome.describe()
+    assert after[-1].failures == 0
+    assert runner.current() == outcome.from_server == runner.lab.active_server()
+    assert outcome.ok, outcome.describe()
+
+
+def test_ten_checks_after_a_switch_cause_no_further_switch(runner: Runner) -> None:
+    # The original judged a fixed 5-minute window at every check, so the old
+    # server's losses failed the next checks and switched again: a cascade.
+    outcome = no_cascade(runner, checks=10)
+    assert outcome.switch is not None, outcome.describe()
+    switched_at = outcome.checks.index(next(c for c in outcome.checks if c.switch is not None))
+    after = outcome.checks[switched_at + 1 :]
+    assert len(after) == 10
+    assert [c for c in after if c.switch is not None] == []
+    # Every one of them judged data (none was still waiting after the switch).
+    assert all(c.judged and not c.bad for c in after), outcome.describe()
+    assert runner.current() == outcome.switch.to_server == runner.lab.active_server()
+    assert outcome.ok, outcome.describe()
+
+
+def test_a_frozen_prometheus_still_switches_at_random(runner: Runner) -> None:
+    outcome = frozen_prometheus(runner)
+    assert outcome.command is not None
+    print(
+        f"wg-failover took {outcome.command.seconds:.1f}s with Prometheus frozen "
+        f"(prometheus.timeout {runner.config.prometheus.timeout:g}s)"
+    )
+    assert outcome.command.exit_code == 0, outcome.command.stderr
+    assert "Prometheus not used" in outcome.command.stdout
+    assert outcome.switch is not None and outcome.switch.to_server != outcome.from_server
+    assert outcome.switch.reason == "failover"
+    assert outcome.switch.losses == {}
+    assert runner.lab.active_server() == outcome.switch.to_server
+    assert outcome.ok, outcome.describe()
+
+
+def test_a_failing_restart_command_exits_1_and_leaves_the_state_consistent(runner: Runner) -> None:
+    outcome = restart_fails(runner)
+    assert outcome.command is not None
+    assert outcome.command.exit_code == 1
+    assert "restarting the tunnel failed" in outcome.command.stderr.strip().splitlines()[-1]
+    current = runner.current()
+    assert current in runner.config.server_names and current != outcome.from_server
+    target = runner.link_target()
+    assert target == runner.config.config_dir / current and target.is_file()
+    history = runner.state.read_history()
+    assert history[-1].to_server == current
+    assert history[-1].from_server == outcome.from_server
+    assert outcome.ok, outcome.describe()
+
+
+def test_the_onfailure_path_switches_and_records_unit_failed(runner: Runner) -> None:
+    outcome = unit_failed(runner)
+    assert outcome.command is not None and outcome.command.exit_code == 0, outcome.describe()
+    assert outcome.switch is not None
+    assert outcome.switch.reason == "unit-failed"
+    assert outcome.switch.to_server != outcome.from_server
+    assert runner.current() == outcome.switch.to_server == runner.lab.active_server()
+    assert outcome.ok, outcome.describe()
+
+
+# --- a user's config in the lab (no root needed) ---------------------------
+
+
+def test_a_user_config_brings_its_thresholds_and_windows_and_the_lab_its_paths(
+    make_config_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    user = load_config(
+        make_config_file(
+            extra="""
+            [prometheus]
+            url = "https://prometheus.example.com"
+            timeout = 3
+
+            [failover]
+            window = "2m"
+            hold_down = "10m"
+
+            [health]
+            threshold = 0.3
+            max_failures = 2
+            window = "90s"
+            min_window = "20s"
+            selector = 'job="my-prober"'
+            failover_command = ["systemctl", "start", "wg-failover.service"]
+            """
+        )
+    )
+    lab = Lab(servers=lab_server_names(user), workdir=tmp_path / "lab")
+    config = load_config(write_lab_config(lab, tmp_path / "lab.toml", user))
+    assert config.server_names == ["server1", "server2", "server3"]
+    assert (config.health.threshold, config.health.max_failures) == (0.3, 2)
+    assert (config.health.window, config.health.min_window) == (90, 20)
+    assert (config.failover.window, config.failover.hold_down) == (120, 600)
+    assert config.prometheus.timeout == 3
+    assert config.prometheus.url == "http://127.0.0.1:9"  # the lab's (its Prometheus is not running here)
+    assert config.health.selector == 'job="vpn-prober"'
+    assert config.health.failover_command is None
+    assert config.config_dir == lab.config_dir and config.state_dir == lab.state_dir
+    assert list(config.restart_command) == lab.restart_command
+
+
+def test_a_user_config_without_health_settings_gets_the_production_defaults_not_the_labs(
+    make_config_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    user = load_config(make_config_file())
+    lab = Lab(servers=3, workdir=tmp_path / "lab")
+    config = load_config(write_lab_config(lab, tmp_path / "lab.toml", user))
+    assert (config.health.window, config.health.min_window) == (300, 30)
+    assert config.failover.window == 300
+
+
+@pytest.mark.parametrize(
+    ("names", "expected"),
+    [
+        (["ams1", "fra1"], ["ams1", "fra1"]),
+        (["vpn-ams", "vpn-fra", "vpn-lon"], ["server1", "server2", "server3"]),  # '-' is not a lab name
+        (["only"], ["server1", "server2"]),  # a failover needs a second server
+        ([f"s{i}" for i in range(12)], [f"server{i}" for i in range(1, 9)]),  # at most 8 on a small machine
+    ],
+)
+def test_lab_servers_are_named_like_the_users_when_possible(
+    make_config_file: Callable[..., Path], names: list[str], expected: list[str]
+) -> None:
+    user = load_config(make_config_file(servers={name: f"192.0.2.{i + 1}" for i, name in enumerate(names)}))
+    assert lab_server_names(user) == expected
