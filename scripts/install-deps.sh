@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install the Debian packages behind the real parts of the test suite and the
 # lab: Prometheus, the smokeping prober, VictoriaMetrics, userspace WireGuard,
-# nftables for packet loss, nix-instantiate for the module, systemd-analyze.
+# nftables for packet loss, nix-instantiate for the module, systemd-analyze;
+# curl, jq, bc and gawk run the original scripts beside ours in benchmarks,
+# hyperfine times them.
 # Idempotent: asks apt only for what is missing. Without root it only warns,
 # and the tests that need those parts skip with the reason.
 set -euo pipefail
@@ -9,7 +11,7 @@ set -euo pipefail
 packages=(
   prometheus prometheus-smokeping-prober victoria-metrics
   wireguard-go wireguard-tools nftables iproute2 iputils-ping
-  nix-bin systemd curl jq bc
+  nix-bin systemd curl jq bc gawk hyperfine
 )
 
 missing=()

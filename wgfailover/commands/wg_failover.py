@@ -8,7 +8,6 @@ from pathlib import Path
 import click
 
 from wgfailover.commands.common import EXIT_CODES_HELP, common_options, handle_errors, load_or_check
-from wgfailover.failover import fail_over, format_report, result_to_json
 
 
 @click.command(
@@ -40,6 +39,10 @@ def main(
     reason: str | None,
 ) -> None:
     with handle_errors("wg-failover", verbose):
+        # Imported here: requests costs ~0.2 s to import, which --help and
+        # --check-config should not pay (see docs/performance.md).
+        from wgfailover.failover import fail_over, format_report, result_to_json
+
         config = load_or_check(config_path, check_config)
         result = fail_over(config, reason=reason or ("manual" if to else "failover"), to=to, dry_run=dry_run)
         click.echo(json.dumps(result_to_json(result), indent=2) if as_json else format_report(result))

@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from wgfailover.commands.common import EXIT_CODES_HELP, common_options, handle_errors, load_or_check
-from wgfailover.health import check_health
 
 
 @click.command(
@@ -27,6 +26,10 @@ from wgfailover.health import check_health
 @common_options
 def main(config_path: Path, check_config: bool, verbose: bool, dry_run: bool) -> None:
     with handle_errors("wg-health-check", verbose):
+        # Imported here: requests costs ~0.2 s to import, which --help and
+        # --check-config should not pay (see docs/performance.md).
+        from wgfailover.health import check_health
+
         config = load_or_check(config_path, check_config)
         result = check_health(config, dry_run=dry_run)
         click.echo(("dry run: " if dry_run else "") + result.message)
