@@ -182,8 +182,14 @@ def test_a_tunnel_bad_before_a_switch_and_good_after_it_causes_no_further_failov
     lab: Lab, make_lab_config: Callable[[int], Config], tmp_path: Path
 ) -> None:
     config = make_lab_config(1)  # a single bad check would fail over
-    lab.set_loss(100, TARGETS[:1])  # one of the two targets: the aggregate is about 50%
+    lab.set_loss(100)  # every target, so whichever series the original reads as result[0] is lossy
     lab.wait_for_loss(lambda loss: loss > 0.3, "the prober to see the old server's loss")
+    # Long enough that the original's fixed window is well above the
+    # threshold: the few seconds of good data before the next check cannot
+    # bring it below (at most ~6s of 60s).
+    wglab_processes.wait_until(
+        lambda: lab.original_loss() > 2 * THRESHOLD, DEADLINE, 0.2, what="the original's window to fill with loss"
+    )
 
     # The failover to a good server: the loss stops, the switch is recorded.
     lab.set_loss(0)
