@@ -21,6 +21,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from wglab.lab import toml_value
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The original article's scripts, made runnable; never copied into the project.
 DEFAULT_SEED_DIR = REPO_ROOT.parent / "shared" / "anchors" / "seed"
@@ -192,19 +194,6 @@ def time_command(
     if use_hyperfine and shutil.which("hyperfine") and not any(" " in word for word in argv):
         return time_hyperfine(argv, runs, env, prepare)
     return time_builtin(argv, runs, env, prepare)
-
-
-def toml_value(value: object) -> str:
-    """Given a str, number, bool or list of them, return its TOML literal (JSON escapes are TOML escapes)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (str, Path)):
-        return json.dumps(str(value))
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(toml_value(item) for item in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} to TOML")
 
 
 def write_config(

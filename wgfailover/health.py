@@ -333,9 +333,7 @@ def check_health(
             policy,
         )
 
-    if dry_run:
-        before = state.read_failures()
-        decision = decide(before, measurement, health)
+    def result_of(before: int, decision: _Decision) -> HealthResult:
         return HealthResult(
             decision.outcome,
             span,
@@ -344,9 +342,13 @@ def check_health(
             decision.failures,
             health.max_failures,
             health.threshold,
-            dry_run=True,
+            dry_run=dry_run,
             trigger=trigger if decision.outcome == FAILOVER else None,
         )
+
+    if dry_run:
+        before = state.read_failures()
+        return result_of(before, decide(before, measurement, health))
 
     with state.locked(config.lock_timeout):
         if _switch_key(state.last_switch()) != _switch_key(last_switch) or state.read_last_check() != last_check:
@@ -362,16 +364,7 @@ def check_health(
         state.write_last_check(CheckRecord(time=now, loss=measurement.loss, span=measurement.span))
         write_metrics(config.textfile_dir, state, config.server_names)
 
-    result = HealthResult(
-        decision.outcome,
-        span,
-        measurement,
-        before,
-        decision.failures,
-        health.max_failures,
-        health.threshold,
-        trigger=trigger if decision.outcome == FAILOVER else None,
-    )
+    result = result_of(before, decision)
     if decision.outcome != FAILOVER:
         log.debug("%s", result.message)
         return result

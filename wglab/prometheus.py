@@ -45,7 +45,7 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from wglab import processes
 from wglab.netns import ns_argv
@@ -107,7 +107,36 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
         return exc.code, exc.read().decode(errors="replace")
 
 
-class _QueryableServer:
+_Started = TypeVar("_Started", bound="_StartStop")
+
+
+class _StartStop:
+    """A background service used as a context manager: stopped also when starting fails."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _Started) -> _Started:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class _QueryableServer(_StartStop):
     """Shared lifecycle and query API of Prometheus and VictoriaMetrics."""
 
     kind = "server"
@@ -199,22 +228,6 @@ class _QueryableServer:
             processes.stop(self.process)
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> _QueryableServer:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- queries --
     def query(self, promql: str, timeout: float = 5.0) -> list[dict[str, Any]]:
@@ -326,7 +339,7 @@ def smokeping_config(targets: Sequence[str], interval: float | str) -> dict[str,
     }
 
 
-class SmokepingProber:
+class SmokepingProber(_StartStop):
     """A real smokeping_prober pinging targets, optionally inside a netns.
 
     Without netns it listens on listen_address (default a free 127.0.0.1
@@ -426,19 +439,3 @@ class SmokepingProber:
                 processes.stop(proc)
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> SmokepingProber:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
