@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from wgfailover.config import load_config
+from wgfailover.state import CheckRecord, StateDir
 from wglab.lab import Lab
 from wglab.scenarios import (
     REQUIRED_BINARIES,
@@ -225,3 +226,44 @@ def test_lab_servers_are_named_like_the_users_when_possible(
 ) -> None:
     user = load_config(make_config_file(servers={name: f"192.0.2.{i + 1}" for i, name in enumerate(names)}))
     assert lab_server_names(user) == expected
+
+
+def test_with_prometheus_unreachable_the_real_wireguard_handshake_decides(
+    lab: Lab, runner: Runner, tmp_path: Path
+) -> None:
+    # health.interface: while Prometheus cannot be asked, `wg show` in the
+    # VPN namespace decides. A tunnel carrying the prober's pings has a
+    # fresh handshake; a tunnel restarted towards a dead server has none.
+    from wglab.processes import free_port
+
+    closed = free_port()  # nothing listens there: connection refused
+    path = runner.variant_config(
+        "handshake",
+        **{
+            "prometheus.url": f"http://127.0.0.1:{closed}",
+            "health.interface": lab.client_iface,
+            "health.netns": lab.vpn_ns,
+        },
+    )
+    state = StateDir(load_config(path).state_dir)
+    server = runner.current()
+    assert server is not None
+
+    runner.wait_for_traffic(server)
+    healthy = runner.command("wg-health-check", config_path=path)
+    assert healthy.exit_code == 0, healthy.stderr
+    assert "connection refused" in healthy.stderr
+    assert f"judging by the handshakes of {lab.client_iface} instead" in healthy.stderr
+    assert f"newest handshake on {lab.client_iface}" in healthy.stdout, healthy.stdout
+    assert healthy.stdout.startswith("healthy"), healthy.stdout
+    assert state.read_failures() == 0
+
+    # The active server goes dark and the tunnel is rebuilt: no handshake can complete.
+    lab.set_loss(server, 100)
+    lab.restart()
+    state.write_last_check(CheckRecord(time=0.0, loss=None))  # as if a timer period had passed
+    broken = runner.command("wg-health-check", config_path=path)
+    assert broken.exit_code == 0, broken.stderr
+    assert f"no handshake on {lab.client_iface} yet" in broken.stdout, broken.stdout
+    assert broken.stdout.startswith("unhealthy"), broken.stdout
+    assert state.read_failures() == 1
