@@ -374,11 +374,14 @@ def _url(value: object) -> str:
 def _headers(value: object) -> dict[str, str]:
     if not isinstance(value, dict):
         raise TypeError(f"expected a table of header names to values, got {_type_name(value)}")
+    bad = []
     for name, header_value in value.items():
         if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
-            raise ValueError(f"{name!r} is not a valid HTTP header name")
-        if not isinstance(header_value, str) or "\n" in header_value or "\r" in header_value:
-            raise ValueError(f"the value of header {name!r} must be a one-line string")
+            bad.append(f"{name!r} is not a valid HTTP header name")
+        elif not isinstance(header_value, str) or "\n" in header_value or "\r" in header_value:
+            bad.append(f"the value of header {name!r} must be a one-line string")
+    if bad:
+        raise ValueError("; ".join(bad))  # every bad header at once, like every other key
     return dict(value)
 
 
