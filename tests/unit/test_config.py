@@ -227,6 +227,11 @@ handshake_timeout = "3m"
             {**MINIMAL, "prometheus": {"headers": {"X-A": "a\nb"}}},
             "prometheus.headers: the value of header 'X-A' must be a one-line string",
         ),
+        (
+            {**MINIMAL, "prometheus": {"headers": {"X Bad": "x", "Authorization": 5}}},
+            "prometheus.headers: 'X Bad' is not a valid HTTP header name; "
+            "the value of header 'Authorization' must be a one-line string",
+        ),
         ({**MINIMAL, "prometheus": "x"}, "prometheus: expected a table [prometheus], got a string"),
         (
             {**MINIMAL, "failover": {"on_prometheus_error": "panic"}},
