@@ -91,16 +91,20 @@ def fail_over(
     if dry_run:
         # No lock: taking it creates the state directory and the lock file,
         # and a dry run touches nothing.
-        return _decide(config, state, reason=reason, to=to, rng=rng, now=wall_clock(), dry_run=True)
+        history = state.read_history()
+        return _decide(config, state, history, reason=reason, to=to, rng=rng, now=wall_clock(), dry_run=True)
 
-    seen = _last_seq(state)
+    seen = _last_seq(state.read_history())
     started = wall_clock()
     with state.locked(config.lock_timeout):
         waited = wall_clock() - started
         if waited >= 1:
             log.info("waited %.0fs for another wg-failover command to finish", waited)
-        if to is None and _last_seq(state) != seen:
-            last = state.last_switch()
+        # Read once under the lock: it both detects a switch made meanwhile
+        # and feeds the hold-down of the ranking.
+        history = state.read_history()
+        if to is None and _last_seq(history) != seen:
+            last = history[-1] if history else None  # None: the history was removed meanwhile
             what = f" ({last.from_server or 'none'} to {last.to_server}, {last.reason})" if last else ""
             message = f"another switch{what} was made while this one waited; not switching again"
             log.info("%s", message)
@@ -113,7 +117,7 @@ def fail_over(
                 record=None,
                 skipped=message,
             )
-        result = _decide(config, state, reason=reason, to=to, rng=rng, now=wall_clock(), dry_run=False)
+        result = _decide(config, state, history, reason=reason, to=to, rng=rng, now=wall_clock(), dry_run=False)
         if result.choice is None or result.skipped:
             return result
         record = switch_to(
@@ -251,14 +255,14 @@ def result_to_json(result: FailoverResult) -> dict[str, Any]:
 # --- internals ----------------------------------------------------------------
 
 
-def _last_seq(state: StateDir) -> int:
-    last = state.last_switch()
-    return last.seq if last else 0
+def _last_seq(history: Sequence[SwitchRecord]) -> int:
+    return history[-1].seq if history else 0
 
 
 def _decide(
     config: Config,
     state: StateDir,
+    history: Sequence[SwitchRecord],
     *,
     reason: str,
     to: str | None,
@@ -310,7 +314,7 @@ def _decide(
     rows = rank_servers(
         measurements,
         current=current.name,
-        history=state.read_history(),
+        history=history,
         now=now,
         hold_down=config.failover.hold_down,
         tie_epsilon=config.failover.tie_epsilon,
