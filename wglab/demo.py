@@ -32,13 +32,13 @@ from wglab.scenarios import (
     Narrator,
     Outcome,
     Runner,
-    ScenarioError,
     blip,
     describe_settings,
     exit_on_hangup,
     format_losses,
     outage,
     preflight,
+    run_and_report,
     run_scenario,
     write_lab_config,
 )
@@ -94,29 +94,20 @@ def main() -> int:
     exit_on_hangup()
     say = Narrator()
     say("building the lab: 3 WireGuard servers (wireguard-go), a router, a client, 2 probers, Prometheus")
-    try:
+
+    def demo() -> list[Outcome]:
         with Lab(servers=3) as lab:
             outcomes = run_demo(lab, say)
             say("tearing the lab down")
-    except KeyboardInterrupt:
-        print("\ninterrupted; the lab was torn down", file=sys.stderr)
-        return 130
-    except SystemExit as stop:
-        # SIGTERM (Lab.up) and SIGHUP (exit_on_hangup) arrive as SystemExit.
-        print(f"\nstopped by a signal (exit {stop.code}); the lab was torn down", file=sys.stderr)
-        raise
-    except (ScenarioError, TimeoutError, RuntimeError) as exc:
-        print(f"make demo: the lab broke down (it was torn down): {exc}", file=sys.stderr)
-        return 1
-    say("the lab is gone")
-    print()
-    for outcome in outcomes:
-        print(("ok   " if outcome.ok else "FAIL ") + outcome.describe())
-    if all(o.ok for o in outcomes):
-        print("\nthe demo went as expected")
-        return 0
-    print("\nthe demo did NOT go as expected (see FAIL above)", file=sys.stderr)
-    return 1
+        say("the lab is gone")
+        return outcomes
+
+    return run_and_report(
+        "make demo",
+        demo,
+        went_well="the demo went as expected",
+        went_badly="the demo did NOT go as expected (see FAIL above)",
+    )
 
 
 if __name__ == "__main__":

@@ -850,6 +850,42 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def run_and_report(
+    program: str,
+    body: Callable[[], list[Outcome]],
+    went_well: str | None = None,
+    went_badly: str | None = None,
+) -> int:
+    """
+    Given the program's name and a body that builds a lab, runs scenarios in
+    it and tears it down, run it, print each outcome, and return the exit
+    code: 0 all as expected, 1 not (or the lab broke down), 130 on Ctrl-C.
+    A SIGTERM or SIGHUP (a SystemExit) is reported and passed on.
+    """
+    try:
+        outcomes = body()
+    except KeyboardInterrupt:
+        print("\ninterrupted; the lab was torn down", file=sys.stderr)
+        return 130
+    except SystemExit as stop:
+        # SIGTERM (Lab.up) and SIGHUP (exit_on_hangup) arrive as SystemExit.
+        print(f"\nstopped by a signal (exit {stop.code}); the lab was torn down", file=sys.stderr)
+        raise
+    except (ScenarioError, TimeoutError, RuntimeError, PermissionError) as exc:
+        print(f"{program}: the lab broke down (it was torn down): {exc}", file=sys.stderr)
+        return 1
+    print()
+    for outcome in outcomes:
+        print(("ok   " if outcome.ok else "FAIL ") + outcome.describe())
+    if all(outcome.ok for outcome in outcomes):
+        if went_well:
+            print(f"\n{went_well}")
+        return 0
+    if went_badly:
+        print(f"\n{went_badly}", file=sys.stderr)
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Given command-line arguments, run the scenarios and return the exit code."""
     args = parse_args(argv)
@@ -868,8 +904,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     exit_on_hangup()
     say = Narrator()
     kwargs: dict[str, dict[str, Any]] = {"loss": {"percent": args.loss}, "no-cascade": {"checks": args.checks}}
-    outcomes: list[Outcome] = []
-    try:
+
+    def run_all() -> list[Outcome]:
+        outcomes = []
         servers = lab_server_names(user, args.servers)
         say(f"building a lab with {len(servers)} servers ({', '.join(servers)})")
         with Lab(servers=servers) as lab:
@@ -882,20 +919,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 scenario = functools.partial(SCENARIOS[name], **kwargs.get(name, {}))
                 outcomes.append(run_scenario(runner, scenario, name))
             say("tearing the lab down")
-    except KeyboardInterrupt:
-        print("\ninterrupted; the lab was torn down", file=sys.stderr)
-        return 130
-    except SystemExit as stop:
-        # SIGTERM (Lab.up) and SIGHUP (exit_on_hangup) arrive as SystemExit.
-        print(f"\nstopped by a signal (exit {stop.code}); the lab was torn down", file=sys.stderr)
-        raise
-    except (ScenarioError, TimeoutError, RuntimeError, PermissionError) as exc:
-        print(f"wglab.scenarios: the lab broke down: {exc}", file=sys.stderr)
-        return 1
-    print()
-    for outcome in outcomes:
-        print(("ok   " if outcome.ok else "FAIL ") + outcome.describe())
-    return 0 if all(o.ok for o in outcomes) else 1
+        return outcomes
+
+    return run_and_report("wglab.scenarios", run_all)
 
 
 if __name__ == "__main__":
