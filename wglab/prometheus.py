@@ -33,16 +33,19 @@ YAML, so no third-party YAML library is needed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
 import shutil
 import sys
 import tempfile
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -439,3 +442,39 @@ class SmokepingProber(_StartStop):
                 processes.stop(proc)
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def exposition_label_value(value: str) -> str:
+    """Given a label value, return it escaped for the text exposition format."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+@contextlib.contextmanager
+def serve_exposition(render: Callable[[], bytes]) -> Iterator[str]:
+    """
+    Given a function returning a text exposition, serve it on a free
+    127.0.0.1 port for Prometheus to scrape (any GET path), and yield
+    host:port; the server is shut down on exit, whatever happens.
+    """
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+            body = render()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)

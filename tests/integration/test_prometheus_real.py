@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import math
 import shutil
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 import pytest
@@ -19,6 +17,7 @@ import pytest
 from wgfailover.config import PrometheusSettings
 from wgfailover.errors import PrometheusHTTPError
 from wgfailover.prometheus import PrometheusClient, Sample, escape_label_value, escape_regex_value
+from wglab.prometheus import exposition_label_value, serve_exposition
 
 pytestmark = [
     pytest.mark.integration,
@@ -47,33 +46,12 @@ HOSTS = [
 ]
 
 
-def _exposition_value(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
 @pytest.fixture(scope="module")
 def exporter() -> Iterator[str]:
     """A /metrics endpoint with one `probe` series per host; yields host:port."""
-    body = "".join(f'probe{{host="{_exposition_value(host)}"}} {index}\n' for index, host in enumerate(HOSTS)).encode()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+    body = "".join(f'probe{{host="{exposition_label_value(host)}"}} {index}\n' for index, host in enumerate(HOSTS))
+    with serve_exposition(body.encode) as address:
+        yield address
 
 
 @pytest.fixture(scope="module")

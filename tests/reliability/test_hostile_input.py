@@ -15,10 +15,8 @@ import math
 import random
 import shutil
 import string
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -503,7 +501,7 @@ def prometheus_with_nasty_hosts() -> Iterator[Any]:
     """A real Prometheus scraping smokeping-like counters for every nasty host; yields it."""
     if shutil.which("prometheus") is None:
         pytest.skip("the prometheus binary is not installed")
-    from wglab.prometheus import PrometheusServer
+    from wglab.prometheus import PrometheusServer, exposition_label_value, serve_exposition
 
     started = time.monotonic()
 
@@ -511,7 +509,7 @@ def prometheus_with_nasty_hosts() -> Iterator[Any]:
         elapsed = time.monotonic() - started
         lines = []
         for host in HOSTS:
-            label = host.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+            label = exposition_label_value(host)
             requests = 10 * elapsed
             lines.append(f'smokeping_requests_total{{host="{label}"}} {requests}')
             lines.append(f'smokeping_response_duration_seconds_count{{host="{label}"}} {requests * (1 - LOSS[host])}')
@@ -520,32 +518,13 @@ def prometheus_with_nasty_hosts() -> Iterator[Any]:
             )
         return ("\n".join(lines) + "\n").encode()
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
-            body = exposition()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
-            pass
-
-    exporter = HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=exporter.serve_forever, daemon=True)
-    thread.start()
-    try:
-        with PrometheusServer(
-            [("smokeping", [f"127.0.0.1:{exporter.server_address[1]}"])], scrape_interval="1s"
-        ) as server:
-            # rate() needs two scrapes of every series.
-            server.wait_for_series("rate(smokeping_requests_total[1m]) > 0", min_series=len(HOSTS))
-            yield server
-    finally:
-        exporter.shutdown()
-        exporter.server_close()
-        thread.join(timeout=10)
+    with (
+        serve_exposition(exposition) as exporter,
+        PrometheusServer([("smokeping", [exporter])], scrape_interval="1s") as server,
+    ):
+        # rate() needs two scrapes of every series.
+        server.wait_for_series("rate(smokeping_requests_total[1m]) > 0", min_series=len(HOSTS))
+        yield server
 
 
 @pytest.mark.integration
