@@ -120,6 +120,12 @@ def format_duration(seconds: float) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class PrometheusSettings:
+    """
+    Where and how to ask Prometheus. ``urls`` holds every configured URL in
+    preference order; ``url`` is the first (None: not configured). Either
+    may be given; the other is filled in.
+    """
+
     url: str | None = None
     timeout: float = 5.0
     ca_file: Path | None = None
@@ -128,6 +134,15 @@ class PrometheusSettings:
     username: str | None = None
     password_file: Path | None = None
     headers: dict[str, str] = dataclasses.field(default_factory=dict)
+    # Filled from the url key (a string or a list), not a key of its own.
+    urls: tuple[str, ...] = dataclasses.field(default=(), metadata={"derived": True})
+    url_hold_down: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.urls and self.url is None:
+            object.__setattr__(self, "url", self.urls[0])
+        elif self.url is not None and not self.urls:
+            object.__setattr__(self, "urls", (self.url,))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -371,6 +386,23 @@ def _url(value: object) -> str:
     return text
 
 
+def _urls(value: object) -> tuple[str, ...]:
+    # A list is an HA pair (or more): asked in order within one time budget.
+    if isinstance(value, str):
+        return (_url(value),)
+    if not isinstance(value, list) or not value:
+        raise TypeError(f"expected a URL or a non-empty list of URLs, got {_type_name(value)}")
+    urls = []
+    for index, item in enumerate(value):
+        try:
+            urls.append(_url(item))
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"[{index}]: {error}") from None
+    if len(set(urls)) != len(urls):
+        raise ValueError("lists the same URL twice")
+    return tuple(urls)
+
+
 def _headers(value: object) -> dict[str, str]:
     if not isinstance(value, dict):
         raise TypeError(f"expected a table of header names to values, got {_type_name(value)}")
@@ -407,7 +439,8 @@ def _section_reader(
     reads one key (converted, or the default when absent or invalid).
     """
     section = _table(document, name, problems)
-    _reject_unknown(section, [field.name for field in dataclasses.fields(defaults)], name, problems)
+    keys = [field.name for field in dataclasses.fields(defaults) if not field.metadata.get("derived")]
+    _reject_unknown(section, keys, name, problems)
 
     def read(key: str, convert: Converter) -> Any:
         return _take(section, key, name, convert, getattr(defaults, key), problems)
@@ -481,7 +514,7 @@ def parse_config(document: dict[str, Any], path: Path) -> Config:
 
     prom = _section_reader(document, "prometheus", PrometheusSettings(), problems)
     prometheus = PrometheusSettings(
-        url=prom("url", _url),
+        urls=prom("url", _urls) or (),
         timeout=prom("timeout", _positive_duration),
         ca_file=prom("ca_file", _absolute_path),
         insecure_skip_verify=prom("insecure_skip_verify", _boolean),
@@ -489,6 +522,7 @@ def parse_config(document: dict[str, Any], path: Path) -> Config:
         username=prom("username", _nonempty_string),
         password_file=prom("password_file", _absolute_path),
         headers=prom("headers", _headers),
+        url_hold_down=prom("url_hold_down", parse_duration),
     )
     if prometheus.password_file and not prometheus.username:
         problems.add("prometheus.password_file", "needs prometheus.username as well")

@@ -21,7 +21,8 @@ from typing import Any
 
 from wgfailover.config import Config, FailoverSettings, fill_template, format_duration
 from wgfailover.errors import ActionError, ConfigError, PrometheusError, UsageError
-from wgfailover.prometheus import PrometheusClient, Sample, escape_regex_value
+from wgfailover.prometheus import Sample, escape_regex_value
+from wgfailover.prometheus_pool import open_prometheus
 from wgfailover.ranking import Measurement, RankedServer, first_choice, rank_servers
 from wgfailover.servers import Server, resolve_endpoint
 from wgfailover.state import StateDir, SwitchRecord
@@ -299,7 +300,7 @@ def _decide(
         )
 
     endpoints = _endpoints(config.servers, skip=set(unusable), warn=True)
-    measurements, error = _measure(config, endpoints)
+    measurements, error = _measure(config, endpoints, remember=not dry_run)
     if error is not None:
         if config.failover.on_prometheus_error == "fail":
             raise ActionError(f'{error}; not switching (failover.on_prometheus_error = "fail")')
@@ -358,11 +359,13 @@ def _endpoints(servers: Sequence[Server], skip: set[str], warn: bool) -> dict[st
     return endpoints
 
 
-def _measure(config: Config, endpoints: Mapping[str, str | None]) -> tuple[list[Measurement], str | None]:
+def _measure(
+    config: Config, endpoints: Mapping[str, str | None], remember: bool
+) -> tuple[list[Measurement], str | None]:
     """
-    Given the config and {server: endpoint}, return the measurements from
-    one query, and None; or no measurements and why Prometheus could not be
-    asked.
+    Given the config, {server: endpoint} and whether to remember a failed
+    Prometheus URL (not in a dry run), return the measurements from one
+    query, and None; or no measurements and why Prometheus could not be asked.
     """
     known = [endpoint for endpoint in endpoints.values() if endpoint is not None]
     if not known:
@@ -372,8 +375,7 @@ def _measure(config: Config, endpoints: Mapping[str, str | None]) -> tuple[list[
     try:
         # A credential file that can't be read is a configuration error, but
         # at failover time the tunnel is already broken: the policy decides.
-        client = PrometheusClient(config.prometheus)
-        samples = client.query(query)
+        samples = open_prometheus(config.prometheus, config.state_dir, remember=remember).query(query)
     except (PrometheusError, ConfigError) as error:
         return [], str(error)
     return read_measurements(samples, config.failover.label, endpoints), None

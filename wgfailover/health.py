@@ -40,7 +40,7 @@ from wgfailover.external import run_command
 from wgfailover.failover import FailoverResult, fail_over
 from wgfailover.handshake import HandshakeCheck, check_handshake
 from wgfailover.metrics import write_metrics
-from wgfailover.prometheus import PrometheusClient
+from wgfailover.prometheus_pool import PrometheusPool, open_prometheus
 from wgfailover.state import CheckRecord, StateDir, SwitchRecord
 
 log = logging.getLogger(__name__)
@@ -201,7 +201,7 @@ def render_query(template: str, selector: str, window: str) -> str:
     return fill_template(template, {"selector": selector, "window": window})
 
 
-def measure_loss(client: PrometheusClient, health: HealthSettings, span: Span) -> Measurement:
+def measure_loss(client: PrometheusPool, health: HealthSettings, span: Span) -> Measurement:
     """
     Given a Prometheus client, the health settings and the span to judge,
     return the tunnel loss over that span (None when there is no data).
@@ -233,9 +233,11 @@ def measure(
     now: float,
     clock: Callable[[], float] = time.monotonic,
     session: requests.Session | None = None,
+    remember: bool = True,
 ) -> Measurement:
     """
-    Given the config, the span to judge and the current unix time, return
+    Given the config, the span to judge and the current unix time (and
+    whether to remember a failed Prometheus URL: not in a dry run), return
     the measurement: the loss from Prometheus, or, when Prometheus cannot be
     asked and health.interface is set, the interface's handshake age. Raise
     PrometheusError (exit 69, nothing counted) when Prometheus fails and no
@@ -250,7 +252,9 @@ def measure(
         # Not an outage that will pass (69) but a setting that is missing.
         raise ConfigError(config.path, "prometheus.url is not set; wg-health-check needs it (or health.interface)")
     try:
-        client = PrometheusClient(config.prometheus, clock=clock, session=session)
+        client = open_prometheus(
+            config.prometheus, config.state_dir, remember=remember, clock=clock, wall_clock=lambda: now, session=session
+        )
         return measure_loss(client, health, span)
     except PrometheusError as error:
         if interface is None:
@@ -322,7 +326,7 @@ def check_health(
         log.info("%s; nothing judged", span.reason)
         return HealthResult(WAITING, span, None, failures, failures, health.max_failures, health.threshold, dry_run)
 
-    measurement = measure(config, span, now, clock=clock, session=session)
+    measurement = measure(config, span, now, clock=clock, session=session, remember=not dry_run)
     if not measurement.has_data:
         policy = "counted as a failure" if health.on_no_data == "failure" else "ignored"
         log.warning(

@@ -55,6 +55,8 @@ def test_every_default_matches_the_documented_contract() -> None:
     assert config.lock_timeout == 30
     assert config.textfile_dir is None
     assert config.prometheus.url is None
+    assert config.prometheus.urls == ()
+    assert config.prometheus.url_hold_down == 300
     assert config.prometheus.timeout == 5
     assert config.prometheus.insecure_skip_verify is False
     assert config.prometheus.headers == {}
@@ -207,6 +209,26 @@ handshake_timeout = "3m"
             "prometheus.url: expected an http:// or https:// URL, got 'prom:9090'",
         ),
         (
+            {**MINIMAL, "prometheus": {"url": ["https://a.example", "prom:9090"]}},
+            "prometheus.url: [1]: expected an http:// or https:// URL, got 'prom:9090'",
+        ),
+        (
+            {**MINIMAL, "prometheus": {"url": []}},
+            "prometheus.url: expected a URL or a non-empty list of URLs, got a list",
+        ),
+        (
+            {**MINIMAL, "prometheus": {"url": ["https://a.example", "https://a.example/"]}},
+            "prometheus.url: lists the same URL twice",
+        ),
+        (
+            {**MINIMAL, "prometheus": {"urls": ["https://a.example"]}},
+            "prometheus.urls: unknown key (did you mean 'prometheus.url'?)",
+        ),
+        (
+            {**MINIMAL, "prometheus": {"url_hold_down": "-1m"}},
+            "prometheus.url_hold_down: '-1m' is not a duration (use Prometheus syntax like '90s', '5m', '1h30m', or a number of seconds)",
+        ),
+        (
             {**MINIMAL, "prometheus": {"timeout": "soon"}},
             "prometheus.timeout: 'soon' is not a duration (use Prometheus syntax like '90s', '5m', '1h30m', or a number of seconds)",
         ),
@@ -319,3 +341,16 @@ def test_the_environment_variable_names_the_default_file(tmp_path: Path, monkeyp
     path.write_text("[servers.from_env]\n")
     monkeypatch.setenv("WG_FAILOVER_CONFIG", str(path))
     assert load_config().server_names == ["from_env"]
+
+
+def test_prometheus_url_takes_a_list_asked_in_order() -> None:
+    urls = ["https://prom-a.example.com", "https://prom-b.example.com/"]
+    config = parse_config({**MINIMAL, "prometheus": {"url": urls, "url_hold_down": "10m"}}, Path("c.toml"))
+    assert config.prometheus.urls == ("https://prom-a.example.com", "https://prom-b.example.com")
+    assert config.prometheus.url == "https://prom-a.example.com"
+    assert config.prometheus.url_hold_down == 600
+
+
+def test_a_single_prometheus_url_is_a_list_of_one() -> None:
+    config = parse_config({**MINIMAL, "prometheus": {"url": "https://prom.example.com"}}, Path("c.toml"))
+    assert config.prometheus.urls == ("https://prom.example.com",)

@@ -55,7 +55,7 @@ def documented_keys() -> list[str]:
     ]
     keys += ["endpoint"]
     for settings in (PrometheusSettings, FailoverSettings, HealthSettings):
-        keys += [f.name for f in dataclasses.fields(settings)]
+        keys += [f.name for f in dataclasses.fields(settings) if not f.metadata.get("derived")]
     return keys
 
 
