@@ -154,6 +154,7 @@ class FailoverSettings:
     query: str = DEFAULT_FAILOVER_QUERY
     latency_query: str = DEFAULT_LATENCY_QUERY
     tie_epsilon: float = 0.02
+    failback_after: float | None = None  # None: never fail back to a more preferred server
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,6 +197,11 @@ class Config:
     @property
     def server_names(self) -> list[str]:
         return [server.name for server in self.servers]
+
+    @property
+    def priorities(self) -> dict[str, int | None]:
+        """Return {server: priority} (None: no priority, the last tier)."""
+        return {server.name: server.priority for server in self.servers}
 
 
 def default_config_path() -> Path:
@@ -310,6 +316,22 @@ def _positive_duration(value: object) -> float:
     if seconds <= 0:
         raise ValueError("must be longer than zero")
     return seconds
+
+
+def _failback_after(value: object) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        # Failing back at once would flap between the preferred server and the next.
+        raise ValueError("must be longer than zero (leave it unset never to fail back)")
+    return seconds
+
+
+def _priority(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected a whole number (lower is preferred), got {_type_name(value)}")
+    if value < 0:
+        raise ValueError(f"must be 0 or more, got {value}")
+    return value
 
 
 def _ratio(value: object) -> float:
@@ -461,7 +483,7 @@ _TOP_KEYS = [
     "failover",
     "health",
 ]
-_SERVER_KEYS = ["endpoint"]
+_SERVER_KEYS = ["endpoint", "priority"]
 
 
 def _parse_servers(document: dict[str, Any], config_dir: Path, problems: _Problems) -> tuple[Server, ...]:
@@ -484,7 +506,8 @@ def _parse_servers(document: dict[str, Any], config_dir: Path, problems: _Proble
             continue
         _reject_unknown(options, _SERVER_KEYS, prefix, problems)
         endpoint = _take(options, "endpoint", prefix, _nonempty_string, None, problems)
-        servers.append(Server(name=name, config_path=config_dir / name, endpoint=endpoint))
+        priority = _take(options, "priority", prefix, _priority, None, problems)
+        servers.append(Server(name=name, config_path=config_dir / name, endpoint=endpoint, priority=priority))
     return tuple(servers)
 
 
@@ -541,6 +564,7 @@ def parse_config(document: dict[str, Any], path: Path) -> Config:
         query=fail("query", _template({"hosts", "window"}, failover_placeholders)),
         latency_query=fail("latency_query", _template({"hosts", "window"}, failover_placeholders, empty_ok=True)),
         tie_epsilon=fail("tie_epsilon", _ratio),
+        failback_after=fail("failback_after", _failback_after),
     )
 
     health_key = _section_reader(document, "health", HealthSettings(), problems)
@@ -561,6 +585,13 @@ def parse_config(document: dict[str, Any], path: Path) -> Config:
         problems.add("health.min_window", f"must not be longer than health.window ({health.window:g}s)")
     if health.netns and not health.interface:
         problems.add("health.netns", "needs health.interface as well")
+    if failover.failback_after is not None and failover.failback_after < health.min_window:
+        # Failback judges the preferred server's loss in slices of
+        # min_window; a shorter span would hold less than one slice.
+        problems.add(
+            "failover.failback_after",
+            f"must not be shorter than health.min_window ({health.min_window:g}s)",
+        )
 
     if problems.items:
         raise ConfigError(path, problems.items)

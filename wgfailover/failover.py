@@ -321,6 +321,8 @@ def _decide(
         tie_epsilon=config.failover.tie_epsilon,
         rng=rng,
         unusable=unusable,
+        priorities=config.priorities,
+        threshold=config.health.threshold,
     )
     best = first_choice(rows)
     if best is None:

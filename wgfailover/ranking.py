@@ -10,21 +10,32 @@ equal):
 1. Candidates are every server except the current one and any the caller
    marks unusable (e.g. its WireGuard config is missing). Those come last,
    without a rank.
-2. Tiers: servers we switched away from within ``hold_down`` seconds (from
-   the history) rank after all others, because a server whose tunnel broke
-   still answers the external prober's pings; the original picked it again
-   and again. Within each of the two halves, servers with a known loss rank
-   before servers whose loss is unknown (NaN, ±Inf or no series): unknown
-   is never read as 0.
-3. Loss groups: among known losses, the lowest remaining loss L opens a
+2. Hold-down: servers we switched away from within ``hold_down`` seconds
+   (from the history) rank after all others, because a server whose tunnel
+   broke still answers the external prober's pings; the original picked it
+   again and again. This comes before preference: a preferred server we
+   just left is no better than any other we just left.
+3. Preference (only when the candidates span more than one priority
+   tier): within each half, the healthy servers (known loss at or below
+   the health threshold) of the most preferred tier come first, then the
+   healthy ones of the next tier, and so on; every other server (lossy or
+   unknown) comes after all of them, ordered as if there were no tiers, since
+   among servers that are all failing the least bad one is the best guess.
+   A lossy preferred server therefore never beats a healthy less preferred
+   one. Servers without a priority form the last tier. With one tier this
+   step does nothing: the ranking is the one without priorities.
+   Then, within each of those parts, servers with a known loss rank before
+   servers whose loss is unknown (NaN, ±Inf or no series): unknown is never
+   read as 0.
+4. Loss groups: among known losses, the lowest remaining loss L opens a
    group that holds every remaining server with loss <= L + tie_epsilon;
    the next lowest outside it opens the next group, and so on. A loss 0.031
    and a loss 0.030 are the same evidence, so they are near-ties.
-4. Latency groups, within one loss group: servers with a known mean
+5. Latency groups, within one loss group: servers with a known mean
    round-trip time rank before those without; known latencies are grouped
    the same way, with a tolerance of max(LATENCY_TIE_SECONDS,
    LATENCY_TIE_RATIO x the group's lowest latency).
-5. Random order within what is still equal: a latency group, the unknown
+6. Random order within what is still equal: a latency group, the unknown
    latencies of a loss group, or an unknown-loss tier. The shuffle starts
    from name order, so one seed gives one ranking whatever the input order,
    and a fleet of hosts seeing the same numbers does not pile onto the
@@ -118,6 +129,8 @@ def rank_servers(
     tie_epsilon: float,
     rng: random.Random,
     unusable: Mapping[str, str] | None = None,
+    priorities: Mapping[str, int | None] | None = None,
+    threshold: float | None = None,
 ) -> list[RankedServer]:
     """
     Given one Measurement per configured server, the current server's name
@@ -127,37 +140,27 @@ def rank_servers(
     (rank 1 is the choice), then the current server and the unusable ones
     (``unusable`` maps a name to why) without a rank. Loss and latency must
     already be clean (None for unknown; failover.py clamps loss to [0, 1]).
+    ``priorities`` maps a server to its tier (lower is preferred; missing
+    or None: the last tier) and ``threshold`` is the highest loss that
+    counts as healthy. Raise ValueError if the candidates span several
+    tiers and no threshold is given.
     """
     unusable = unusable or {}
+    priorities = priorities or {}
     left = held_down_servers(history, now, hold_down)
     candidates = [m for m in measurements if m.name != current and m.name not in unusable]
+    tiers = sorted({tier_of(priorities, m.name) for m in candidates})
+    if len(tiers) > 1 and threshold is None:
+        raise ValueError("ranking by priority needs the health threshold")
 
     placed: list[_Placed] = []
     for held in (False, True):
-        tier = [m for m in candidates if (m.name in left) == held]
-        known = [m for m in tier if m.loss is not None]
-        for loss_index, loss_group in enumerate(_groups(known, _loss, lambda lowest: tie_epsilon)):
-            with_latency = [m for m in loss_group if m.latency is not None]
-            latency_groups = _groups(with_latency, _latency, _latency_tolerance)
-            latency_groups.append([m for m in loss_group if m.latency is None])
-            for latency_index, latency_group in enumerate(latency_groups):
-                is_known = latency_index < len(latency_groups) - 1
-                for measurement in _shuffled(latency_group, rng):
-                    placed.append(
-                        _Placed(
-                            measurement,
-                            held,
-                            loss_index,
-                            latency_index if is_known else None,
-                            len(loss_group),
-                            len(latency_group),
-                        )
-                    )
-        unknown = [m for m in tier if m.loss is None]
-        placed += [_Placed(m, held, None, None, len(unknown), len(unknown)) for m in _shuffled(unknown, rng)]
+        half = [m for m in candidates if (m.name in left) == held]
+        for part, members in _preference_parts(half, tiers, priorities, threshold):
+            placed += _place(members, held, part, tie_epsilon, rng)
 
     rows = [
-        _row(entry.measurement, rank, _reason(entry, placed[0], len(placed), left), left)
+        _row(entry.measurement, rank, _reason(entry, placed[0], len(placed), left, len(tiers) > 1), left)
         for rank, entry in enumerate(placed, start=1)
     ]
     for measurement in measurements:
@@ -166,6 +169,23 @@ def rank_servers(
         elif measurement.name in unusable:
             rows.append(_row(measurement, None, unusable[measurement.name], left))
     return rows
+
+
+def tier_of(priorities: Mapping[str, int | None], name: str) -> float:
+    """Given {server: priority} and a server, return its tier: its priority, or +inf without one."""
+    priority = priorities.get(name)
+    return math.inf if priority is None else float(priority)
+
+
+def describe_tier(tier: float) -> str:
+    """Given a tier from tier_of, return it for a reason: 'priority 2' or 'no priority'."""
+    return "no priority" if math.isinf(tier) else f"priority {tier:g}"
+
+
+def is_healthy(loss: float | None, threshold: float) -> bool:
+    """Given a clean loss (None: unknown) and the health threshold, return whether it is healthy."""
+    # Equal to the threshold is healthy, as in the health check.
+    return loss is not None and loss <= threshold
 
 
 def first_choice(rows: Iterable[RankedServer]) -> RankedServer | None:
@@ -182,10 +202,66 @@ class _Placed:
 
     measurement: Measurement
     held: bool
+    part: _Part
     loss_group: int | None
     latency_group: int | None
     loss_group_size: int
     latency_group_size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _Part:
+    """One part of a hold-down half under step 3: a tier's healthy servers, or the rest."""
+
+    index: int  # order of the parts; with one tier, every candidate is in part 0
+    tier: float | None  # the tier of a healthy part; None: the rest (or no tiers at all)
+
+
+def _preference_parts(
+    half: list[Measurement],
+    tiers: list[float],
+    priorities: Mapping[str, int | None],
+    threshold: float | None,
+) -> list[tuple[_Part, list[Measurement]]]:
+    """Given one hold-down half and the candidates' tiers, return its parts in rank order (step 3)."""
+    if len(tiers) <= 1 or threshold is None:
+        return [(_Part(0, None), half)]
+    parts = []
+    healthy = {m.name for m in half if is_healthy(m.loss, threshold)}
+    for index, tier in enumerate(tiers):
+        members = [m for m in half if m.name in healthy and tier_of(priorities, m.name) == tier]
+        parts.append((_Part(index, tier), members))
+    parts.append((_Part(len(tiers), None), [m for m in half if m.name not in healthy]))
+    return parts
+
+
+def _place(
+    members: list[Measurement], held: bool, part: _Part, tie_epsilon: float, rng: random.Random
+) -> list[_Placed]:
+    """Given the members of one part, return them placed by steps 4 to 6: known losses first, then unknown."""
+    placed = []
+    known = [m for m in members if m.loss is not None]
+    for loss_index, loss_group in enumerate(_groups(known, _loss, lambda lowest: tie_epsilon)):
+        with_latency = [m for m in loss_group if m.latency is not None]
+        latency_groups = _groups(with_latency, _latency, _latency_tolerance)
+        latency_groups.append([m for m in loss_group if m.latency is None])
+        for latency_index, latency_group in enumerate(latency_groups):
+            is_known = latency_index < len(latency_groups) - 1
+            for measurement in _shuffled(latency_group, rng):
+                placed.append(
+                    _Placed(
+                        measurement,
+                        held,
+                        part,
+                        loss_index,
+                        latency_index if is_known else None,
+                        len(loss_group),
+                        len(latency_group),
+                    )
+                )
+    unknown = [m for m in members if m.loss is None]
+    placed += [_Placed(m, held, part, None, None, len(unknown), len(unknown)) for m in _shuffled(unknown, rng)]
+    return placed
 
 
 def _loss(measurement: Measurement) -> float:
@@ -223,7 +299,7 @@ def _shuffled(items: list[Measurement], rng: random.Random) -> list[Measurement]
     return result
 
 
-def _reason(entry: _Placed, first: _Placed, candidates: int, left: Mapping[str, float]) -> str:
+def _reason(entry: _Placed, first: _Placed, candidates: int, left: Mapping[str, float], tiered: bool) -> str:
     """Given a placed candidate and the first one, return why it ranks where it does."""
     name = entry.measurement.name
     held = f"held down: left {format_ago(left[name])} ago" if entry.held else None
@@ -231,9 +307,20 @@ def _reason(entry: _Placed, first: _Placed, candidates: int, left: Mapping[str, 
         if candidates == 1:
             return f"{held}, but the only candidate" if held else "the only candidate"
         why = _why_first(entry)
+        if tiered:
+            tier = entry.part.tier
+            why = (
+                f"most preferred healthy ({describe_tier(tier)}); {why}" if tier is not None else f"none healthy; {why}"
+            )
         return f"{held}, as is every other candidate; {why}" if held else why
     if held and not first.held:
         return held
+    if entry.part.index != first.part.index:
+        if entry.part.tier is not None:
+            why = f"less preferred ({describe_tier(entry.part.tier)})"
+        else:
+            why = "loss unknown" if entry.loss_group is None else "loss above the threshold"
+        return f"{held}; {why}" if held else why
     if entry.loss_group is None:
         why = "loss unknown"
     elif entry.loss_group != first.loss_group:

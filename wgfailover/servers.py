@@ -25,6 +25,7 @@ class Server:
     name: str
     config_path: Path
     endpoint: str | None = None  # explicit override from the config file
+    priority: int | None = None  # lower is preferred; None: after every numbered tier
 
 
 def is_safe_server_name(name: str) -> bool:

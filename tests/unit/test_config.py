@@ -65,6 +65,8 @@ def test_every_default_matches_the_documented_contract() -> None:
     assert config.failover.on_prometheus_error == "random"
     assert config.failover.label == "host"
     assert config.failover.query == DEFAULT_FAILOVER_QUERY
+    assert config.failover.failback_after is None  # never fail back
+    assert config.servers[0].priority is None  # all equal
     assert config.health.threshold == 0.15
     assert config.health.max_failures == 3
     assert config.health.window == 300
@@ -91,6 +93,7 @@ textfile_dir = "/var/lib/node"
 
 [servers.server1]
 endpoint = "203.0.113.10"
+priority = 1
 [servers.server2]
 
 [prometheus]
@@ -106,6 +109,7 @@ hold_down = "1h"
 on_prometheus_error = "fail"
 label = "instance"
 tie_epsilon = 0.05
+failback_after = "15m"
 query = 'my_loss{instance=~"$hosts"}[$window]'
 latency_query = ""
 
@@ -145,6 +149,8 @@ handshake_timeout = "3m"
     assert config.failover.on_prometheus_error == "fail"
     assert config.failover.label == "instance"
     assert config.failover.tie_epsilon == 0.05
+    assert config.failover.failback_after == 900
+    assert config.priorities == {"server1": 1, "server2": None}
     assert config.failover.latency_query == ""
     assert config.health.threshold == 0.2
     assert config.health.max_failures == 5
@@ -282,6 +288,32 @@ handshake_timeout = "3m"
             "health.on_no_data: must be one of 'failure', 'ignore', got 'panic'",
         ),
         ({**MINIMAL, "health": {"netns": "vpn"}}, "health.netns: needs health.interface as well"),
+        (
+            {"servers": {"s": {"priority": "high"}}},
+            "servers.s.priority: expected a whole number (lower is preferred), got a string",
+        ),
+        (
+            {"servers": {"s": {"priority": 1.5}}},
+            "servers.s.priority: expected a whole number (lower is preferred), got a number",
+        ),
+        (
+            {"servers": {"s": {"priority": True}}},
+            "servers.s.priority: expected a whole number (lower is preferred), got a boolean",
+        ),
+        ({"servers": {"s": {"priority": -1}}}, "servers.s.priority: must be 0 or more, got -1"),
+        ({"servers": {"s": {"priorty": 1}}}, "servers.s.priorty: unknown key (did you mean 'servers.s.priority'?)"),
+        (
+            {**MINIMAL, "failover": {"failback_after": "0s"}},
+            "failover.failback_after: must be longer than zero (leave it unset never to fail back)",
+        ),
+        (
+            {**MINIMAL, "failover": {"failback_after": "10s"}},
+            "failover.failback_after: must not be shorter than health.min_window (30s)",
+        ),
+        (
+            {**MINIMAL, "failover": {"failback_after": "soon"}},
+            "failover.failback_after: 'soon' is not a duration (use Prometheus syntax like '90s', '5m', '1h30m', or a number of seconds)",
+        ),
         (
             {**MINIMAL, "health": {"interface": "wg0", "netns": "/run/netns/wg"}},
             "health.netns: expected a namespace name as in /run/netns/NAME, got '/run/netns/wg'",

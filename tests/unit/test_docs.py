@@ -53,7 +53,7 @@ def documented_keys() -> list[str]:
         for f in dataclasses.fields(Config)
         if f.name not in ("path", "servers", "prometheus", "failover", "health")
     ]
-    keys += ["endpoint"]
+    keys += ["endpoint", "priority"]
     for settings in (PrometheusSettings, FailoverSettings, HealthSettings):
         keys += [f.name for f in dataclasses.fields(settings) if not f.metadata.get("derived")]
     return keys

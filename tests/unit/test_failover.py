@@ -204,6 +204,31 @@ def test_the_lowest_loss_other_server_is_chosen(tmp_path: Path, requests_mock: A
     assert result.losses == {"server3": 0.1, "server2": 0.4, "server1": 0.0}
 
 
+def test_priorities_from_the_config_rank_a_healthy_preferred_server_first(tmp_path: Path, requests_mock: Any) -> None:
+    config = make_config(
+        tmp_path,
+        ("server1", "server2", "server3", "server4"),
+        servers={"server1": {"priority": 1}, "server2": {"priority": 1}, "server3": {"priority": 2}, "server4": {}},
+    )
+    set_current(config, "server1")
+    requests_mock.post(
+        QUERY_URL,
+        json=answer(
+            ("192.0.2.1", "loss", 0.0),
+            ("192.0.2.2", "loss", 0.3),  # preferred but above health.threshold (0.15)
+            ("192.0.2.3", "loss", 0.1),
+            ("192.0.2.4", "loss", 0.0),
+        ),
+    )
+    result = run(config, dry_run=True)
+    assert ranked(result) == [
+        ("server3", 1, "most preferred healthy (priority 2); lowest loss"),
+        ("server4", 2, "less preferred (no priority)"),
+        ("server2", 3, "loss above the threshold"),
+        ("server1", None, "current"),
+    ]
+
+
 def test_an_empty_answer_means_a_random_pick_not_the_first_name(tmp_path: Path, requests_mock: Any) -> None:
     config = make_config(tmp_path, ("a", "b", "c", "d", "e"))
     set_current(config, "a")

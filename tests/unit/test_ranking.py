@@ -204,3 +204,148 @@ def test_a_first_switch_with_no_previous_server_holds_nothing_down() -> None:
 @pytest.mark.parametrize(("seconds", "text"), [(0, "0s"), (119, "119s"), (240, "4m"), (7199, "119m"), (7500, "2h5m")])
 def test_spans_read_like_a_human_wrote_them(seconds: float, text: str) -> None:
     assert format_ago(seconds) == text
+
+
+# --- priorities: tiers of healthy servers, most preferred first ---------------
+
+THRESHOLD = 0.15
+
+
+def rank_tiered(
+    servers: list[tuple[str, float | None, int | None]],
+    held: tuple[str, ...] = (),
+    seed: int = 0,
+    current: str | None = "current",
+) -> list[RankedServer]:
+    """Given (name, loss, priority) rows and the names left 4 minutes ago, return the ranking."""
+    history = [left(name, 240, seq) for seq, name in enumerate(held, start=1)]
+    return rank_servers(
+        [Measurement(name, loss) for name, loss, _ in servers] + ([Measurement("current", 0.9)] if current else []),
+        current=current,
+        history=history,
+        now=NOW,
+        hold_down=1800,
+        tie_epsilon=0.02,
+        rng=random.Random(seed),
+        priorities={name: priority for name, _, priority in servers} | {"current": 1},
+        threshold=THRESHOLD,
+    )
+
+
+def groups_of(rows: list[RankedServer]) -> list[set[str]]:
+    """Return the ranked names as they must come out of every seed: ties make a set."""
+    return [{row.name} for row in rows if row.rank is not None]
+
+
+@pytest.mark.parametrize(
+    ("servers", "held", "expected"),
+    [
+        # A healthy preferred server beats a less preferred one with a lower loss.
+        ([("far", 0.0, 2), ("home", 0.10, 1)], (), [{"home"}, {"far"}]),
+        # A lossy preferred server never beats a healthy less preferred one.
+        ([("home", 0.40, 1), ("b", 0.0, 2), ("c", 0.01, 2)], (), [{"b", "c"}, {"b", "c"}, {"home"}]),
+        # Exactly the threshold is healthy, as in the health check.
+        ([("home", 0.15, 1), ("b", 0.0, 2)], (), [{"home"}, {"b"}]),
+        # Unknown is not healthy: it never beats a measured healthy server.
+        ([("home", None, 1), ("b", 0.05, 2)], (), [{"b"}, {"home"}]),
+        # Nothing healthy: the least bad wins whatever its tier.
+        ([("home", 0.50, 1), ("b", 0.30, 2), ("c", None, 1)], (), [{"b"}, {"home"}, {"c"}]),
+        # Servers without a priority form the last tier.
+        ([("plain", 0.0, None), ("b", 0.10, 5)], (), [{"b"}, {"plain"}]),
+        # Hold-down comes before preference: a preferred server just left ranks last.
+        ([("home", 0.0, 1), ("b", 0.05, 2), ("c", 0.60, 3)], ("home",), [{"b"}, {"c"}, {"home"}]),
+        # Within the held-down half, preference applies again.
+        ([("home", 0.0, 1), ("b", 0.0, 2)], ("home", "b"), [{"home"}, {"b"}]),
+        # Three tiers, each healthy one in order, then the lossy ones by loss.
+        (
+            [("t1-bad", 0.9, 1), ("t2", 0.02, 2), ("t3", 0.0, 3), ("t2-bad", 0.3, 2)],
+            (),
+            [{"t2"}, {"t3"}, {"t2-bad"}, {"t1-bad"}],
+        ),
+        # One tier (all equal, or all unset): exactly the ranking without
+        # priorities, so 0.14 and 0.155 stay near-ties across the threshold.
+        ([("a", 0.14, 1), ("b", 0.155, 1)], (), [{"a", "b"}, {"a", "b"}]),
+        ([("a", 0.14, None), ("b", 0.155, None)], (), [{"a", "b"}, {"a", "b"}]),
+    ],
+    ids=[
+        "preferred-healthy-first",
+        "lossy-preferred-last",
+        "threshold-is-healthy",
+        "unknown-is-not-healthy",
+        "none-healthy-least-bad",
+        "unset-is-last-tier",
+        "hold-down-before-preference",
+        "preference-within-held-down",
+        "three-tiers",
+        "one-tier-is-today",
+        "no-priorities-is-today",
+    ],
+)
+def test_priorities_order_the_healthy_servers_tier_by_tier(
+    servers: list[tuple[str, float | None, int | None]], held: tuple[str, ...], expected: list[set[str]]
+) -> None:
+    seen_first: set[str] = set()
+    for seed in range(40):
+        ranked = names(rank_tiered(servers, held, seed))
+        assert len(ranked) == len(expected)
+        for name, allowed in zip(ranked, expected):
+            assert name in allowed, (seed, ranked)
+        seen_first.add(ranked[0])
+    assert seen_first == expected[0]  # every server of a tie in first place is picked sometimes
+
+
+def test_one_tier_ranks_exactly_as_without_priorities() -> None:
+    measurements = [
+        Measurement(name, loss, lat)
+        for name, loss, lat in [("a", 0.1, 0.02), ("b", 0.3, None), ("c", None, None), ("d", 0.11, 0.021)]
+    ]
+    for seed in range(20):
+        plain = rank(measurements, seed=seed)
+        tiered = rank_servers(
+            [Measurement("current", 0.9), *measurements],
+            current="current",
+            history=[],
+            now=NOW,
+            hold_down=1800,
+            tie_epsilon=0.02,
+            rng=random.Random(seed),
+            priorities={"a": 3, "b": 3, "c": 3, "d": 3, "current": 1},  # the current server does not count
+            threshold=THRESHOLD,
+        )
+        assert tiered == plain
+
+
+def test_priority_reasons_say_why_each_server_ranks_where_it_does() -> None:
+    rows = rank_tiered([("home", 0.40, 1), ("b", 0.05, 2), ("c", 0.0, 3), ("d", None, 2)])
+    assert [(r.name, r.reason) for r in rows if r.rank is not None] == [
+        ("b", "most preferred healthy (priority 2); lowest loss"),
+        ("c", "less preferred (priority 3)"),
+        ("home", "loss above the threshold"),
+        ("d", "loss unknown"),
+    ]
+    rows = rank_tiered([("home", 0.40, 1), ("b", 0.30, None)])
+    assert rows[0].reason == "none healthy; lowest loss"
+    rows = rank_tiered([("home", 0.0, 1), ("b", 0.0, None)], held=("home",))
+    assert [(r.name, r.reason) for r in rows if r.rank is not None] == [
+        ("b", "most preferred healthy (no priority); lowest loss"),
+        ("home", "held down: left 4m ago"),
+    ]
+
+
+def test_the_current_server_is_never_a_candidate_however_preferred() -> None:
+    rows = rank_tiered([("b", 0.0, 2)])
+    assert names(rows) == ["b"]
+
+
+def test_several_tiers_without_a_threshold_is_a_programming_error() -> None:
+    with pytest.raises(ValueError, match="needs the health threshold"):
+        rank_servers(
+            [Measurement("a", 0.0), Measurement("b", 0.0)],
+            current=None,
+            history=[],
+            now=NOW,
+            hold_down=0,
+            tie_epsilon=0.02,
+            rng=random.Random(0),
+            priorities={"a": 1, "b": 2},
+        )
