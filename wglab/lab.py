@@ -24,6 +24,12 @@ Topology (every box is a network namespace named `wglID-...`)::
   not in the router itself because a drop in the output hook makes
   sendto() fail with EPERM: smokeping then counts no request at all, and
   the loss is invisible.)
+- Three more faults: the host's own uplink (Lab.set_uplink_loss: the
+  client's and the external prober's traffic to every server, dropped in
+  the router's forward hook by input interface), a server whose WireGuard
+  died while its host still answers pings (Lab.set_wireguard_up), and
+  tunnel loss inside a server (Lab.set_tunnel_loss). Lab.restart_count
+  counts the tunnel restarts.
 - The internal prober ("vpn-prober" job) runs in the vpn namespace and pings
   the two internet addresses through the tunnel.
 - Prometheus runs in the root namespace on 127.0.0.1; it scrapes the probers
@@ -56,6 +62,7 @@ from typing import Any
 from wglab import netns, processes, wireguard
 from wglab.cleanup import LabRecord, cleanup_lab, register
 from wglab.prometheus import PrometheusServer, SmokepingProber
+from wglab.restart import RESTARTS_LOG
 from wglab.wireguard import Keypair
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -250,17 +257,7 @@ class Lab:
         self.textfile_dir.mkdir(parents=True, exist_ok=True)
         for name in self.server_names:
             keys = self.server_keys[name] = Keypair.generate()
-            ns, iface = self.server_ns[name], self.server_iface[name]
-            self._server_pids[name] = wireguard.start_interface(ns, iface, self.workdir / f"wireguard-go-{iface}.log")
-            wireguard.configure_server(
-                ns,
-                iface,
-                keys,
-                WG_PORT,
-                f"{SERVER_TUNNEL_ADDR}/24",
-                [(self.client_keys.public, [f"{CLIENT_TUNNEL_ADDR}/32"])],
-                self.workdir,
-            )
+            self._server_pids[name] = self._start_server(name)
             path = self.config_dir / name
             path.write_text(
                 wireguard.client_config_text(
@@ -401,6 +398,66 @@ class Lab:
                 hooks=("input",),
             )
 
+    def set_uplink_loss(self, percent: float) -> None:
+        """Given a percentage, drop that share of everything the host sends
+        out: the VPN client's WireGuard packets and the external prober's
+        pings alike, towards every server, in the router's forward hook. It
+        is the host's own uplink failing (the ISP, the Wi-Fi): the external
+        prober shares the host's uplink (it runs on the host, or on the
+        hypervisor behind the same line), so it sees every endpoint lost at
+        once, the current one included. 0 removes it. Prometheus scrapes
+        the probers through loopback forwarders, so it keeps answering, as a
+        Prometheus on the host or the LAN would."""
+        netns.set_loss(
+            self.router_ns,
+            percent,
+            match='iifname { "to-vpn", "to-mon" }',
+            key="uplink",
+            hooks=("forward",),
+        )
+
+    def set_wireguard_up(self, server: str, up: bool) -> None:
+        """Given a server name, stop its WireGuard (False: wireguard-go is
+        killed and its interface goes) or start it again as it was (True:
+        same keys, port, address and peer). Stopped, handshakes get nowhere
+        while the server's host still answers the external prober's pings:
+        a server whose WireGuard died ranks as healthy. (Only `ip link set
+        down` is not enough: wireguard-go keeps answering handshakes.)
+        Either way is idempotent."""
+        ns, iface = self.server_ns[server], self.server_iface[server]
+        running = self._server_pids.get(server)
+        if not up:
+            if running is not None:
+                wireguard.stop_interface(ns, iface, running)
+                del self._server_pids[server]
+            return
+        if running is not None:
+            return
+        self._server_pids[server] = self._start_server(server)
+
+    def _start_server(self, server: str) -> int:
+        ns, iface = self.server_ns[server], self.server_iface[server]
+        pid = wireguard.start_interface(ns, iface, self.workdir / f"wireguard-go-{iface}.log")
+        assert self.client_keys is not None  # noqa: S101 - generated first
+        wireguard.configure_server(
+            ns,
+            iface,
+            self.server_keys[server],
+            WG_PORT,
+            f"{SERVER_TUNNEL_ADDR}/24",
+            [(self.client_keys.public, [f"{CLIENT_TUNNEL_ADDR}/32"])],
+            self.workdir,
+        )
+        return pid
+
+    def restart_count(self) -> int:
+        """Given a lab, return how many times its restart command has run
+        (wglab.restart appends a line to workdir/restarts.log per attempt)."""
+        try:
+            return len((self.workdir / RESTARTS_LOG).read_text().splitlines())
+        except FileNotFoundError:
+            return 0
+
     def wait_for_metrics(self, timeout: float = 60.0) -> None:
         """Given a running lab, return once Prometheus has rate() data for
         every server endpoint and both internet addresses."""
@@ -449,10 +506,14 @@ class Lab:
         return all(v is not None and abs(v) < tolerance for v in values)
 
     def clear_loss(self) -> None:
-        """Given a lab, remove every injected loss (endpoints and tunnels)."""
+        """Given a lab, remove every injected fault (endpoint, tunnel and
+        uplink loss; WireGuard interfaces down)."""
         for name in self.server_names:
             self.set_loss(name, 0)
         self.set_tunnel_loss(0)
+        self.set_uplink_loss(0)
+        for name in self.server_names:
+            self.set_wireguard_up(name, True)
 
     def config_dict(self) -> dict[str, Any]:
         """Given a lab, return the default wg-failover config pointing at it
