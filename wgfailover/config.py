@@ -155,6 +155,7 @@ class FailoverSettings:
     latency_query: str = DEFAULT_LATENCY_QUERY
     tie_epsilon: float = 0.02
     failback_after: float | None = None  # None: never fail back to a more preferred server
+    probation: float = 20.0  # seconds to confirm a new server after a switch; 0: do not confirm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -565,6 +566,7 @@ def parse_config(document: dict[str, Any], path: Path) -> Config:
         latency_query=fail("latency_query", _template({"hosts", "window"}, failover_placeholders, empty_ok=True)),
         tie_epsilon=fail("tie_epsilon", _ratio),
         failback_after=fail("failback_after", _failback_after),
+        probation=fail("probation", parse_duration),
     )
 
     health_key = _section_reader(document, "health", HealthSettings(), problems)

@@ -66,6 +66,7 @@ def test_every_default_matches_the_documented_contract() -> None:
     assert config.failover.label == "host"
     assert config.failover.query == DEFAULT_FAILOVER_QUERY
     assert config.failover.failback_after is None  # never fail back
+    assert config.failover.probation == 20
     assert config.servers[0].priority is None  # all equal
     assert config.health.threshold == 0.15
     assert config.health.max_failures == 3
@@ -110,6 +111,7 @@ on_prometheus_error = "fail"
 label = "instance"
 tie_epsilon = 0.05
 failback_after = "15m"
+probation = "0"
 query = 'my_loss{instance=~"$hosts"}[$window]'
 latency_query = ""
 
@@ -150,6 +152,7 @@ handshake_timeout = "3m"
     assert config.failover.label == "instance"
     assert config.failover.tie_epsilon == 0.05
     assert config.failover.failback_after == 900
+    assert config.failover.probation == 0  # disabled
     assert config.priorities == {"server1": 1, "server2": None}
     assert config.failover.latency_query == ""
     assert config.health.threshold == 0.2
@@ -189,6 +192,10 @@ handshake_timeout = "3m"
         (
             {**MINIMAL, "failover": {"hold_down": -5}},
             "failover.hold_down: -5 is negative; a duration must be 0 or more",
+        ),
+        (
+            {**MINIMAL, "failover": {"probation": -1}},
+            "failover.probation: -1 is negative; a duration must be 0 or more",
         ),
         ({}, "servers: no servers configured (add a [servers.NAME] table per VPN server)"),
         ({"servers": {}}, "servers: no servers configured (add a [servers.NAME] table per VPN server)"),
