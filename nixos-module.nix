@@ -73,12 +73,41 @@ let
   # TOML has no null; unset typed options simply disappear.
   renderedSettings = lib.filterAttrsRecursive (_: value: value != null) cfg.settings;
 
+  # The tool's own validator, run at build time on every generated file:
+  # --offline checks types, keys (a typo gets the close key suggested) and
+  # values, but not the files the config names, which are secrets that only
+  # exist on the running system, nor Prometheus.
+  checkCommand =
+    file:
+    utils.escapeSystemdExecArgs [
+      (lib.getExe' cfg.package "wg-select")
+      "--check-config"
+      "--offline"
+      "--config"
+      file
+    ];
+
+  # A unit's --config is the output of this check, so no unit can be built
+  # with a configuration the tool would refuse at 3 a.m. with exit 78.
+  checkedConfig =
+    name: value:
+    let
+      file = settingsFormat.generate name value;
+    in
+    if cfg.checkConfig then
+      pkgs.runCommand name { } ''
+        ${checkCommand file}
+        cp ${file} "$out"
+      ''
+    else
+      file;
+
   # TOML cannot expand $CREDENTIALS_DIRECTORY, and that directory is per unit
   # (/run/credentials/<unit>/), so each unit gets its own copy of the
   # configuration that differs only in the secret paths.
   configFileFor =
     unit:
-    settingsFormat.generate "wg-failover-${unit}.toml" (
+    checkedConfig "wg-failover-${unit}.toml" (
       lib.recursiveUpdate renderedSettings {
         prometheus = lib.mapAttrs (_: name: "/run/credentials/${unit}.service/${name}") givenCredentials;
       }
@@ -100,11 +129,52 @@ let
   # more than an ordinary client's privileges.
   handshakeFallback = cfg.settings.health.interface != null;
 
+  # Every server, wherever it was given: `servers` is merged into
+  # `settings.servers`, so the prober, the assertions and the TOML all read
+  # this one list.
+  allServers = cfg.settings.servers;
+
   # Servers without one are reported by an assertion, not a type error.
   endpoints = lib.filter (endpoint: endpoint != null) (
-    lib.mapAttrsToList (_: server: server.endpoint) cfg.servers
+    lib.mapAttrsToList (_: server: server.endpoint) allServers
   );
-  serversWithoutEndpoint = lib.attrNames (lib.filterAttrs (_: server: server.endpoint == null) cfg.servers);
+  serversWithoutEndpoint = lib.attrNames (lib.filterAttrs (_: server: server.endpoint == null) allServers);
+
+  # The tunnel unit must exist elsewhere: the module only adds to it, and a
+  # typo in tunnelUnit would otherwise define a phantom unit that starts
+  # nothing while the real tunnel gets no OnFailure=.
+  tunnelDefinition = config.systemd.services.${cfg.tunnelUnit};
+  tunnelStartsSomething =
+    tunnelDefinition.script != ""
+    || tunnelDefinition.serviceConfig ? ExecStart
+    # wg-quick@NAME comes from wireguard-tools' own unit files.
+    || (lib.hasPrefix "wg-quick@" cfg.tunnelUnit && lib.elem pkgs.wireguard-tools config.systemd.packages);
+  # Services that could be the one meant, for the error message.
+  tunnelCandidates = lib.filter (
+    name: name != cfg.tunnelUnit && !lib.elem name ownUnits && lib.hasInfix "wg" name
+  ) (
+    lib.attrNames (
+      lib.filterAttrs (_: unit: unit.script != "" || unit.serviceConfig ? ExecStart) config.systemd.services
+    )
+  );
+  ownUnits = [
+    "wg-select"
+    "wg-failover"
+    "wg-health-check"
+  ];
+
+  # The units may write the whole directory of the link (it is replaced by
+  # a rename beside it), so it must not be a directory other services share.
+  linkDir = dirOf cfg.settings.active_link;
+  sharedDirs = [
+    "/"
+    "/run"
+    "/var/run"
+    "/etc"
+    "/var"
+    "/var/lib"
+    "/tmp"
+  ];
 
   # What every wg-failover unit shares. The units run as root: they swap a
   # link in /run, read WireGuard configs that hold private keys, and
@@ -119,10 +189,11 @@ let
     # The whole file system is read-only except the paths listed below.
     ProtectSystem = "strict";
     # The active link is replaced atomically by a rename beside it, so its
-    # directory must be writable, as must the node_exporter textfile dir and
+    # own directory (/run/wg-failover by default, never all of /run) must be
+    # writable, as must the node_exporter textfile dir and
     # a state_dir moved away from StateDirectory.
     ReadWritePaths = lib.unique (
-      [ (dirOf cfg.settings.active_link) ]
+      [ linkDir ]
       ++ lib.optional (cfg.settings.state_dir != "/var/lib/wg-failover") cfg.settings.state_dir
       ++ lib.optional (cfg.settings.textfile_dir != null) cfg.settings.textfile_dir
     );
@@ -193,6 +264,9 @@ let
       clientSandbox;
 
   serverModule = {
+    # Keys the module does not declare (e.g. a newer tool's) pass through to
+    # the TOML, where the tool's validator judges them at build time.
+    freeformType = settingsFormat.type;
     options.endpoint = mkOption {
       type = types.nullOr types.str;
       default = null;
@@ -206,6 +280,10 @@ let
       '';
     };
   };
+
+  netnsService = lib.optional (
+    cfg.probers.internal.netnsUnit != null
+  ) "${cfg.probers.internal.netnsUnit}.service";
 
   sectionOf = options: types.submodule {
     freeformType = settingsFormat.type;
@@ -229,9 +307,26 @@ in
       example = "wg-quick-wg0";
       description = ''
         Name of the systemd service (without `.service`) that brings the
-        tunnel up from `settings.active_link`. It must be defined elsewhere;
-        this module adds wg-select before it, `Restart=on-failure`,
-        `RestartSec=30s` and `OnFailure=wg-failover.service` to it.
+        tunnel up from `settings.active_link`, e.g. `wg-quick-wg0` for
+        nixpkgs' `networking.wg-quick.interfaces.wg0`. It must be defined
+        elsewhere with an `ExecStart=` or `script` (or be `wg-quick@NAME`
+        with wireguard-tools in `systemd.packages`); evaluation fails
+        otherwise. This module adds wg-select before it,
+        `OnFailure=wg-failover.service`, and by default (`mkDefault`)
+        `Restart=on-failure` and `RestartSec=30s`.
+      '';
+    };
+
+    checkConfig = mkOption {
+      type = types.bool;
+      default = true;
+      description = ''
+        Validate every generated configuration at build time with the tool's
+        own `--check-config --offline` (types, unknown keys with the close
+        key suggested, values; not the secret files, which only exist at run
+        time, nor Prometheus). A mistake then fails `nixos-rebuild` instead
+        of every unit at run time. Turn off only when the build machine
+        cannot run the package (cross-compilation).
       '';
     };
 
@@ -248,6 +343,8 @@ in
       description = ''
         The VPN servers to fail over between. Server NAME's WireGuard config
         is `settings.config_dir/NAME`. Rendered into `[servers.NAME]`.
+        Merged into `settings.servers`: servers may be given in either place
+        (or both), and the probers and checks see them all.
       '';
     };
 
@@ -296,14 +393,25 @@ in
             description = "Directory holding one WireGuard config per server, named after the server.";
           };
           active_link = mkOption {
-            type = types.str;
-            default = "/run/wg-active.conf";
-            description = "The symlink the tunnel unit reads; its directory is made writable for the units.";
+            type = types.strMatching "/.+";
+            default = "/run/wg-failover/active.conf";
+            description = ''
+              The symlink the tunnel unit reads (e.g. `configFile` of
+              `networking.wg-quick.interfaces.wg0`). Its directory, created
+              by this module, is the only place under `/run` the units may
+              write, so it must be a directory of its own: `/run` itself,
+              `/etc` and the like are refused.
+            '';
           };
           state_dir = mkOption {
             type = types.str;
             default = "/var/lib/wg-failover";
             description = "Holds `current` and `health-failures` (compatible with the original scripts).";
+          };
+          servers = mkOption {
+            type = types.attrsOf (types.submodule serverModule);
+            default = { };
+            description = "The servers (`[servers.NAME]`); `services.wg-failover.servers` is merged in here.";
           };
           restart_command = mkOption {
             type = types.listOf types.str;
@@ -405,9 +513,25 @@ in
       '';
       package = lib.mkPackageOption pkgs "prometheus-smokeping-prober" { };
       netns = mkOption {
-        type = types.str;
-        default = "/run/netns/wg";
-        description = "Path of the VPN network namespace the prober runs in (NetworkNamespacePath=).";
+        type = types.nullOr types.str;
+        example = "/run/netns/wg";
+        description = ''
+          Path of the VPN network namespace the prober runs in
+          (`NetworkNamespacePath=`), or null to run it in the main namespace
+          when the tunnel lives there (nixpkgs' `networking.wg-quick`, whose
+          routes send the targets through the tunnel). No default: a prober
+          in the wrong namespace measures a path that is not the tunnel.
+        '';
+      };
+      netnsUnit = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "netns-wg";
+        description = ''
+          Service (without `.service`) that creates `netns`, if one does. The
+          prober is ordered after it and is part of it, so a recreated
+          namespace restarts the prober inside the new one.
+        '';
       };
       targets = mkOption {
         type = types.listOf types.str;
@@ -422,10 +546,12 @@ in
       };
       listenAddress = mkOption {
         type = types.str;
-        default = "0.0.0.0";
+        default = "127.0.0.1";
         description = ''
-          Address, inside the VPN namespace, the metrics are served on.
-          Prometheus must be able to reach it there (e.g. over a veth pair).
+          Address the metrics are served on, in the prober's namespace.
+          Loopback by default, so the VPN peer cannot read them; with a
+          `netns`, set the address Prometheus reaches there (e.g. a veth
+          pair's), never `0.0.0.0`, which the tunnel's peer can reach too.
         '';
       };
       port = mkOption {
@@ -446,8 +572,31 @@ in
     {
       assertions = [
         {
-          assertion = cfg.servers != { };
+          assertion = allServers != { };
           message = "services.wg-failover.servers must name at least one server.";
+        }
+        {
+          assertion = !lib.hasSuffix ".service" cfg.tunnelUnit;
+          message = ''services.wg-failover.tunnelUnit = "${cfg.tunnelUnit}": give the unit name without ".service" (tunnelUnit = "${lib.removeSuffix ".service" cfg.tunnelUnit}").'';
+        }
+        {
+          assertion = !lib.elem cfg.tunnelUnit ownUnits;
+          message = ''services.wg-failover.tunnelUnit = "${cfg.tunnelUnit}" is one of wg-failover's own units; name the service that runs the WireGuard tunnel.'';
+        }
+        {
+          assertion = lib.hasSuffix ".service" cfg.tunnelUnit || lib.elem cfg.tunnelUnit ownUnits || tunnelStartsSomething;
+          message =
+            ''services.wg-failover.tunnelUnit = "${cfg.tunnelUnit}": no such service starts anything (systemd.services.${cfg.tunnelUnit} has no ExecStart= or script).''
+            + (
+              if tunnelCandidates == [ ] then
+                " Define the tunnel's unit, e.g. networking.wg-quick.interfaces.wg0 (tunnelUnit = \"wg-quick-wg0\")."
+              else
+                " Services that do: ${lib.concatStringsSep ", " tunnelCandidates}."
+            );
+        }
+        {
+          assertion = !lib.elem linkDir sharedDirs;
+          message = ''services.wg-failover.settings.active_link = "${cfg.settings.active_link}": put the link in a directory of its own (e.g. /run/wg-failover/active.conf); the units may write its whole directory, and ${linkDir} is shared with other services.'';
         }
         {
           assertion = !cfg.probers.external.enable || serversWithoutEndpoint == [ ];
@@ -461,19 +610,23 @@ in
         }
       ];
 
+      # Unset (null) keys are dropped so a server given in both places
+      # merges instead of conflicting.
       services.wg-failover.settings.servers = lib.mapAttrs (
-        _: server: lib.optionalAttrs (server.endpoint != null) { inherit (server) endpoint; }
+        _: lib.filterAttrs (_: value: value != null)
       ) cfg.servers;
 
       # For running the commands by hand (`wg-failover --dry-run`): as root
       # the secret files are readable where they are.
-      environment.etc."wg-failover/config.toml".source =
-        settingsFormat.generate "wg-failover.toml" renderedSettings;
+      environment.etc."wg-failover/config.toml".source = checkedConfig "wg-failover.toml" renderedSettings;
       environment.systemPackages = [ cfg.package ];
 
-      systemd.tmpfiles.rules = lib.optional (
-        cfg.settings.textfile_dir != null
-      ) "d ${cfg.settings.textfile_dir} 0755 root root -";
+      # The link's directory must exist before the units start: ReadWritePaths=
+      # refuses a missing path. 0755: the tunnel unit reads the link.
+      systemd.tmpfiles.rules = [
+        "d ${linkDir} 0755 root root -"
+      ]
+      ++ lib.optional (cfg.settings.textfile_dir != null) "d ${cfg.settings.textfile_dir} 0755 root root -";
 
       systemd.services.wg-select = {
         description = "Select the VPN server for the WireGuard tunnel";
@@ -539,17 +692,23 @@ in
         };
       };
 
+    }
+
+    # Apart from the units above, so a tunnelUnit that names one of them
+    # reaches its assertion instead of a Nix attribute clash.
+    {
       systemd.services.${cfg.tunnelUnit} = {
         # The tunnel fails e.g. when an endpoint name does not resolve at
         # boot. systemd passes a failing unit through the "failed" state
         # before each automatic restart (unless RestartMode=direct), so
         # OnFailure= fires every time and wg-failover moves to another
         # server while the restart keeps retrying.
+        # Defaults only: the tunnel unit is the user's.
         serviceConfig = {
-          Restart = "on-failure";
-          RestartSec = "30s";
+          Restart = lib.mkDefault "on-failure";
+          RestartSec = lib.mkDefault "30s";
         };
-        unitConfig.OnFailure = [ "wg-failover.service" ];
+        onFailure = [ "wg-failover.service" ];
       };
     }
 
@@ -565,8 +724,11 @@ in
     (mkIf cfg.probers.internal.enable {
       systemd.services.prometheus-smokeping-vpn = {
         description = "Smokeping prober inside the VPN namespace (tunnel loss for wg-health-check)";
-        after = [ tunnelService ];
+        after = [ tunnelService ] ++ netnsService;
         wants = [ tunnelService ];
+        # Restarted with the tunnel or the namespace's unit: a namespace
+        # recreated under it would leave it pinging inside a dead one.
+        partOf = [ tunnelService ] ++ netnsService;
         wantedBy = [ "multi-user.target" ];
         # The namespace may appear only once the tunnel is up: keep retrying
         # instead of giving up after the default start limit.
@@ -586,8 +748,9 @@ in
             ++ cfg.probers.internal.extraFlags
             ++ cfg.probers.internal.targets
           );
-          # Pings go through the tunnel, from inside the VPN namespace.
-          NetworkNamespacePath = cfg.probers.internal.netns;
+          # Pings go through the tunnel, from inside the VPN namespace (or the
+          # main one, when the tunnel's routes live there).
+          NetworkNamespacePath = lib.mkIf (cfg.probers.internal.netns != null) cfg.probers.internal.netns;
           Restart = "always";
           RestartSec = "10s";
           # An unprivileged throwaway user is enough for a prober.

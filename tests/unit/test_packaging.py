@@ -15,10 +15,19 @@ import re
 import shutil
 import stat
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+
+from tests.commands import write_command_wrappers
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "contrib" / "systemd"
@@ -220,24 +229,38 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
 
 # --- The NixOS module, evaluated ---------------------------------------------
 
-# Evaluates nixos-module.nix with the real lib.evalModules, a stub `pkgs`
-# (formats.toml's value type as nixpkgs defines it, but `generate` writes
-# JSON so the test can read back exactly what was rendered) and stub
-# declarations of the NixOS options the module sets.
+# Evaluates nixos-module.nix with the real lib.evalModules, a stub `pkgs` and
+# stub declarations of the NixOS options the module sets. formats.toml keeps
+# nixpkgs' value type; its `generate` writes TOML with a small writer instead
+# of remarshal, and `runCommand` writes down the script it would run, so the
+# test can run that exact script against the real tool (`build_stub`). The
+# package's bin/ holds wrappers that run the installed console scripts.
 HARNESS = r"""
-{ libPath, modulePath, configJSON }:
+{ libPath, modulePath, packagePath, configJSON }:
 let
   lib = import libPath;
   inherit (lib) mkOption types;
   stubDrv = name: { type = "derivation"; inherit name; outPath = "/stub/${name}"; meta = { }; };
   tomlValue = types.nullOr (types.oneOf [ types.bool types.int types.float types.str types.path
     (types.attrsOf tomlValue) (types.listOf tomlValue) ]) // { description = "TOML value"; };
+  # JSON scalars and arrays of them are valid TOML values; tables become headers.
+  toTOML = let
+    render = path: attrs:
+      let
+        tables = lib.filterAttrs (_: builtins.isAttrs) attrs;
+        values = lib.filterAttrs (_: value: !builtins.isAttrs value) attrs;
+      in
+      lib.optionalString (path != [ ]) "[${lib.concatMapStringsSep "." builtins.toJSON path}]\n"
+      + lib.concatStrings (lib.mapAttrsToList (key: value: "${builtins.toJSON key} = ${builtins.toJSON value}\n") values)
+      + lib.concatStrings (lib.mapAttrsToList (key: table: "\n" + render (path ++ [ key ]) table) tables);
+  in render [ ];
   pkgs = {
     formats.toml = { }: {
       type = types.attrsOf tomlValue;
-      generate = name: value: builtins.toFile name (builtins.toJSON value);
+      generate = name: value: builtins.toFile name (toTOML value);
     };
-    callPackage = _: _: stubDrv "wg-failover";
+    runCommand = name: env: script: builtins.toFile name (builtins.toJSON { runCommand = name; inherit script; });
+    callPackage = _: _: { type = "derivation"; name = "wg-failover"; outPath = packagePath; meta = { }; };
     prometheus-smokeping-prober = stubDrv "prometheus-smokeping-prober";
     iproute2 = stubDrv "iproute2";
     wireguard-tools = stubDrv "wireguard-tools";
@@ -250,7 +273,8 @@ let
   unit = types.submodule {
     freeformType = types.attrsOf types.anything;
     options = {
-      after = strs; before = strs; wants = strs; wantedBy = strs;
+      after = strs; before = strs; wants = strs; wantedBy = strs; partOf = strs; onFailure = strs;
+      script = mkOption { type = types.lines; default = ""; };
       path = mkOption { type = types.listOf types.package; default = [ ]; };
       serviceConfig = mkOption { type = types.attrsOf unitOption; default = { }; };
       unitConfig = mkOption { type = types.attrsOf unitOption; default = { }; };
@@ -262,6 +286,7 @@ let
     environment.etc = mkOption { type = types.attrsOf (types.attrsOf types.anything); default = { }; };
     environment.systemPackages = mkOption { type = types.listOf types.package; default = [ ]; };
     systemd.package = mkOption { type = types.package; default = stubDrv "systemd"; };
+    systemd.packages = mkOption { type = types.listOf types.package; default = [ ]; };
     systemd.tmpfiles.rules = strs;
     systemd.services = mkOption { type = types.attrsOf unit; default = { }; };
     systemd.timers = mkOption { type = types.attrsOf unit; default = { }; };
@@ -270,12 +295,15 @@ let
       hosts = strs;
     };
   };
+  config' = builtins.fromJSON configJSON;
   inherit (lib.evalModules {
     modules = [
       stubOptions
       modulePath
       { _module.args = { inherit pkgs utils; }; }
-      (builtins.fromJSON configJSON)
+      (removeAttrs config' [ "useWireguardToolsUnits" ])
+      # JSON cannot name a package: this flag puts wireguard-tools in systemd.packages.
+      { systemd.packages = lib.optional (config'.useWireguardToolsUnits or false) pkgs.wireguard-tools; }
     ];
   }) config;
 in
@@ -289,9 +317,11 @@ in
 }
 """
 
+# The tunnel unit is the user's; the module only adds to it.
+TUNNEL = {"script": "wg-quick up /run/wg-failover/active.conf"}
+
 BASE_CONFIG = {
-    # The tunnel unit is the user's; the module only adds to it.
-    "systemd": {"services": {"wg": {"script": "wg-quick up /run/wg-active.conf"}}},
+    "systemd": {"services": {"wg": TUNNEL}},
     "services": {
         "wg-failover": {
             "enable": True,
@@ -305,6 +335,8 @@ BASE_CONFIG = {
     },
 }
 
+OWN_UNITS = ["wg-select", "wg-failover", "wg-health-check"]
+
 
 def with_options(**options: object) -> dict[str, Any]:
     config = json.loads(json.dumps(BASE_CONFIG))
@@ -312,14 +344,46 @@ def with_options(**options: object) -> dict[str, Any]:
     return config
 
 
+def settings_of(config: dict[str, Any]) -> dict[str, Any]:
+    settings: dict[str, Any] = config["services"]["wg-failover"]["settings"]
+    return settings
+
+
+def default_nixpkgs_lib() -> Path | None:
+    """
+    Return nixpkgs' lib/ from WGF_NIXPKGS_LIB, else from shared/ beside the
+    repository (where CI puts it), or None. From a git worktree, shared/ sits
+    beside the main checkout.
+    """
+    if os.environ.get("WGF_NIXPKGS_LIB"):
+        return Path(os.environ["WGF_NIXPKGS_LIB"])
+    checkouts = [ROOT]
+    git = ROOT / ".git"
+    if git.is_file():  # a worktree: "gitdir: <main>/.git/worktrees/<name>"
+        checkouts.append(Path(git.read_text().removeprefix("gitdir:").strip()).parents[2])
+    for checkout in checkouts:
+        candidate = checkout.parent / "shared" / "nixpkgs-lib" / "lib"
+        if (candidate / "default.nix").is_file():
+            return candidate
+    return None
+
+
 Evaluate = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 @pytest.fixture(scope="module")
-def evaluate(tmp_path_factory: pytest.TempPathFactory) -> Evaluate:
-    nixpkgs_lib = os.environ.get("WGF_NIXPKGS_LIB")
-    if not nixpkgs_lib:
-        pytest.skip("WGF_NIXPKGS_LIB is not set (path of a nixpkgs lib/ directory)")
+def package_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A stand-in for the package's store path: bin/ runs the installed commands."""
+    package = tmp_path_factory.mktemp("wg-failover-package")
+    write_command_wrappers(package / "bin")
+    return package
+
+
+@pytest.fixture(scope="module")
+def evaluate(tmp_path_factory: pytest.TempPathFactory, package_dir: Path) -> Evaluate:
+    nixpkgs_lib = default_nixpkgs_lib()
+    if nixpkgs_lib is None:
+        pytest.skip("nixpkgs' lib is not at ../shared/nixpkgs-lib/lib and WGF_NIXPKGS_LIB is not set")
     nix_instantiate = require("nix-instantiate")
     harness = tmp_path_factory.mktemp("nix") / "harness.nix"
     harness.write_text(HARNESS)
@@ -329,8 +393,9 @@ def evaluate(tmp_path_factory: pytest.TempPathFactory) -> Evaluate:
         # really be written so the test can read them back.
         result = run(
             [nix_instantiate, "--eval", "--strict", "--json", "--read-write-mode", str(harness),
-             "--arg", "libPath", str(Path(nixpkgs_lib).resolve()),
+             "--arg", "libPath", str(nixpkgs_lib.resolve()),
              "--arg", "modulePath", str(ROOT / "nixos-module.nix"),
+             "--argstr", "packagePath", str(package_dir),
              "--argstr", "configJSON", json.dumps(config)]
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
@@ -339,12 +404,44 @@ def evaluate(tmp_path_factory: pytest.TempPathFactory) -> Evaluate:
     return evaluate
 
 
+def config_file(service: dict[str, Any]) -> Path:
+    return Path(service["serviceConfig"]["ExecStart"].split("--config ", 1)[1].split()[0])
+
+
+def build_stub(derivation: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    """Given a stub runCommand's file, run its script as the Nix builder would, with $out at out."""
+    script = json.loads(derivation.read_text())["script"]
+    return subprocess.run(
+        ["sh", "-e", "-c", script], env={**os.environ, "out": str(out)}, capture_output=True, text=True, timeout=60
+    )
+
+
+def read_built(path: Path) -> dict[str, Any]:
+    """Given a config file the module rendered, build it if it is a check, and return its TOML."""
+    text = path.read_text()
+    if text.startswith('{"runCommand"'):
+        with tempfile.TemporaryDirectory() as scratch:
+            out = Path(scratch) / "out"
+            built = build_stub(path, out)
+            assert built.returncode == 0, built.stderr
+            text = out.read_text()
+    return tomllib.loads(text)
+
+
 def rendered_config(service: dict[str, Any]) -> dict[str, Any]:
-    path = service["serviceConfig"]["ExecStart"].split("--config ", 1)[1].split()[0]
-    return json.loads(Path(path).read_text())
+    return read_built(config_file(service))
 
 
-def test_module_wires_units_like_the_original(evaluate: Evaluate) -> None:
+def test_nixpkgs_lib_defaults_to_shared_beside_the_repository() -> None:
+    if os.environ.get("WGF_NIXPKGS_LIB"):
+        pytest.skip("WGF_NIXPKGS_LIB overrides the default")
+    found = default_nixpkgs_lib()
+    if found is None:
+        pytest.skip("no ../shared/nixpkgs-lib/lib beside this checkout")
+    assert found.parts[-3:] == ("shared", "nixpkgs-lib", "lib")
+
+
+def test_module_wires_units_like_the_original(evaluate: Evaluate, package_dir: Path) -> None:
     result = evaluate(BASE_CONFIG)
     assert result["failedAssertions"] == []
     services = result["services"]
@@ -354,7 +451,7 @@ def test_module_wires_units_like_the_original(evaluate: Evaluate) -> None:
     assert select["wantedBy"] == ["wg.service"]
     assert select["serviceConfig"]["Type"] == "oneshot"
     assert select["serviceConfig"]["RemainAfterExit"] is True
-    assert select["serviceConfig"]["ExecStart"].startswith("/stub/wg-failover/bin/wg-select --config ")
+    assert select["serviceConfig"]["ExecStart"].startswith(f"{package_dir}/bin/wg-select --config ")
 
     failover = services["wg-failover"]["serviceConfig"]
     assert failover["Type"] == "oneshot"
@@ -363,8 +460,8 @@ def test_module_wires_units_like_the_original(evaluate: Evaluate) -> None:
 
     tunnel = services["wg"]
     assert tunnel["serviceConfig"] == {"Restart": "on-failure", "RestartSec": "30s"}
-    assert tunnel["unitConfig"]["OnFailure"] == ["wg-failover.service"]
-    assert tunnel["script"] == "wg-quick up /run/wg-active.conf"
+    assert tunnel["onFailure"] == ["wg-failover.service"]
+    assert tunnel["script"] == TUNNEL["script"]
 
     assert services["wg-health-check"]["after"] == ["wg.service"]
     timer = result["timers"]["wg-health-check"]
@@ -377,67 +474,202 @@ def test_module_wires_units_like_the_original(evaluate: Evaluate) -> None:
     assert "prometheus-smokeping-vpn" not in services
 
 
+def test_module_leaves_the_tunnels_restart_policy_to_its_owner(evaluate: Evaluate) -> None:
+    config = with_options()
+    config["systemd"]["services"]["wg"] = {**TUNNEL, "serviceConfig": {"Restart": "always", "RestartSec": "5s"}}
+    result = evaluate(config)
+    assert result["services"]["wg"]["serviceConfig"] == {"Restart": "always", "RestartSec": "5s"}
+    assert result["services"]["wg"]["onFailure"] == ["wg-failover.service"]
+
+
 def test_module_renders_settings_and_servers(evaluate: Evaluate) -> None:
     config = with_options(servers={"server1": {"endpoint": "203.0.113.10"}, "server2": {}})
-    config["services"]["wg-failover"]["settings"]["health"] = {"threshold": 0.1}
+    settings_of(config)["health"] = {"threshold": 0.1}
     rendered = rendered_config(evaluate(config)["services"]["wg-health-check"])
     assert rendered["servers"] == {"server1": {"endpoint": "203.0.113.10"}, "server2": {}}
     assert rendered["restart_command"] == ["systemctl", "restart", "wg.service"]
+    assert rendered["active_link"] == "/run/wg-failover/active.conf"
     assert rendered["health"] == {"threshold": 0.1}
     # Unset typed keys are left to the tool's own defaults.
     assert "hold_down" not in rendered["failover"]
     assert "textfile_dir" not in rendered
 
 
+def test_module_takes_servers_from_settings_alone(evaluate: Evaluate) -> None:
+    config = with_options(servers={}, probers={"external": {"enable": True}})
+    settings_of(config)["servers"] = {"ams1": {"endpoint": "203.0.113.40"}, "fra1": {"endpoint": "203.0.113.50"}}
+    result = evaluate(config)
+    assert result["failedAssertions"] == []
+    assert rendered_config(result["services"]["wg-failover"])["servers"] == {
+        "ams1": {"endpoint": "203.0.113.40"},
+        "fra1": {"endpoint": "203.0.113.50"},
+    }
+    assert result["smokeping"]["hosts"] == ["203.0.113.40", "203.0.113.50"]
+
+
+def test_module_merges_a_server_given_in_both_places(evaluate: Evaluate) -> None:
+    config = with_options(servers={"server1": {}, "server2": {"endpoint": "203.0.113.20"}})
+    settings_of(config)["servers"] = {"server1": {"endpoint": "203.0.113.10"}}
+    result = evaluate(config)
+    assert rendered_config(result["services"]["wg-select"])["servers"] == {
+        "server1": {"endpoint": "203.0.113.10"},
+        "server2": {"endpoint": "203.0.113.20"},
+    }
+
+
+def test_module_with_no_server_anywhere_is_refused(evaluate: Evaluate) -> None:
+    assert evaluate(with_options(servers={}))["failedAssertions"] == [
+        "services.wg-failover.servers must name at least one server."
+    ]
+
+
 def test_module_follows_the_tunnel_unit_name(evaluate: Evaluate) -> None:
     config = with_options(tunnelUnit="wg-quick-wg0")
     config["systemd"]["services"] = {"wg-quick-wg0": {"script": "wg-quick up wg0"}}
     result = evaluate(config)
+    assert result["failedAssertions"] == []
     assert result["services"]["wg-select"]["before"] == ["wg-quick-wg0.service"]
-    assert result["services"]["wg-quick-wg0"]["unitConfig"]["OnFailure"] == ["wg-failover.service"]
+    assert result["services"]["wg-quick-wg0"]["onFailure"] == ["wg-failover.service"]
     assert rendered_config(result["services"]["wg-failover"])["restart_command"] == [
         "systemctl", "restart", "wg-quick-wg0.service",
     ]  # fmt: skip
 
 
-def test_module_passes_secrets_as_credentials_not_store_paths(evaluate: Evaluate) -> None:
+def test_module_accepts_a_tunnel_unit_defined_by_exec_start(evaluate: Evaluate) -> None:
+    config = with_options(tunnelUnit="tunnel")
+    config["systemd"]["services"] = {"tunnel": {"serviceConfig": {"ExecStart": "/bin/wg-quick up wg0"}}}
+    assert evaluate(config)["failedAssertions"] == []
+
+
+def test_module_accepts_wg_quick_template_units_from_wireguard_tools(evaluate: Evaluate) -> None:
+    config = with_options(tunnelUnit="wg-quick@wg0")
+    config["systemd"]["services"] = {}
+    assert evaluate(config)["failedAssertions"] == [
+        'services.wg-failover.tunnelUnit = "wg-quick@wg0": no such service starts anything'
+        " (systemd.services.wg-quick@wg0 has no ExecStart= or script)."
+        ' Define the tunnel\'s unit, e.g. networking.wg-quick.interfaces.wg0 (tunnelUnit = "wg-quick-wg0").'
+    ]
+    config["useWireguardToolsUnits"] = True
+    assert evaluate(config)["failedAssertions"] == []
+
+
+def test_module_refuses_a_tunnel_unit_that_starts_nothing(evaluate: Evaluate) -> None:
+    config = with_options(tunnelUnit="wg-quick-wg1")
+    config["systemd"]["services"] = {"wg-quick-wg0": {"script": "wg-quick up wg0"}}
+    assert evaluate(config)["failedAssertions"] == [
+        'services.wg-failover.tunnelUnit = "wg-quick-wg1": no such service starts anything'
+        " (systemd.services.wg-quick-wg1 has no ExecStart= or script). Services that do: wg-quick-wg0."
+    ]
+
+
+def test_module_refuses_a_tunnel_unit_with_the_service_suffix(evaluate: Evaluate) -> None:
+    config = with_options(tunnelUnit="wg-quick-wg0.service")
+    config["systemd"]["services"] = {"wg-quick-wg0": {"script": "wg-quick up wg0"}}
+    assert evaluate(config)["failedAssertions"] == [
+        'services.wg-failover.tunnelUnit = "wg-quick-wg0.service": give the unit name without ".service"'
+        ' (tunnelUnit = "wg-quick-wg0").'
+    ]
+
+
+def test_module_refuses_its_own_unit_as_the_tunnel(evaluate: Evaluate) -> None:
+    assert evaluate(with_options(tunnelUnit="wg-failover"))["failedAssertions"] == [
+        'services.wg-failover.tunnelUnit = "wg-failover" is one of wg-failover\'s own units;'
+        " name the service that runs the WireGuard tunnel."
+    ]
+
+
+@pytest.mark.parametrize(
+    ("secrets", "credential", "key"),
+    [
+        ({"bearer_token_file": "/run/secrets/prom-token"}, "prometheus-bearer-token", "bearer_token_file"),
+        ({"username": "wg", "password_file": "/run/secrets/prom-token"}, "prometheus-password", "password_file"),
+    ],
+)
+def test_module_passes_secrets_as_credentials_not_store_paths(
+    evaluate: Evaluate, secrets: dict[str, str], credential: str, key: str
+) -> None:
     config = with_options()
-    config["services"]["wg-failover"]["settings"]["prometheus"].update(
-        bearer_token_file="/run/secrets/prom-token", username="wg", password_file="/run/secrets/prom-pw"
-    )
+    settings_of(config)["prometheus"].update(secrets)
     result = evaluate(config)
-    for unit in ["wg-select", "wg-failover", "wg-health-check"]:
+    for unit in OWN_UNITS:
         service = result["services"][unit]
-        assert sorted(service["serviceConfig"]["LoadCredential"]) == [
-            "prometheus-bearer-token:/run/secrets/prom-token",
-            "prometheus-password:/run/secrets/prom-pw",
-        ]
-        prometheus = rendered_config(service)["prometheus"]
-        assert prometheus["bearer_token_file"] == f"/run/credentials/{unit}.service/prometheus-bearer-token"
-        assert prometheus["password_file"] == f"/run/credentials/{unit}.service/prometheus-password"
-    # The copy for running commands by hand names the files where they are.
-    by_hand = json.loads(Path(result["etcConfig"]).read_text())
-    assert by_hand["prometheus"]["bearer_token_file"] == "/run/secrets/prom-token"
+        assert service["serviceConfig"]["LoadCredential"] == [f"{credential}:/run/secrets/prom-token"]
+        assert rendered_config(service)["prometheus"][key] == f"/run/credentials/{unit}.service/{credential}"
+    # The copy for running commands by hand names the file where it is.
+    by_hand = read_built(Path(result["etcConfig"]))
+    assert by_hand["prometheus"][key] == "/run/secrets/prom-token"
+
+
+def test_every_rendered_config_is_the_output_of_the_tools_offline_check(evaluate: Evaluate, package_dir: Path) -> None:
+    result = evaluate(BASE_CONFIG)
+    for path in [config_file(result["services"][unit]) for unit in OWN_UNITS] + [Path(result["etcConfig"])]:
+        script = json.loads(path.read_text())["script"].strip().splitlines()
+        assert len(script) == 2
+        check = script[0].split()
+        assert check[:-1] == [f"{package_dir}/bin/wg-select", "--check-config", "--offline", "--config"]
+        assert script[1] == f'cp {check[-1]} "$out"'
+
+
+def test_a_typo_in_settings_fails_the_build_with_the_close_key(evaluate: Evaluate, tmp_path: Path) -> None:
+    config = with_options()
+    settings_of(config)["health"] = {"treshold": 0.1}
+    result = evaluate(config)
+    assert result["failedAssertions"] == []  # settings are freeform: the tool's validator decides
+    for unit in OWN_UNITS:
+        built = build_stub(config_file(result["services"][unit]), tmp_path / unit)
+        assert built.returncode == 78
+        assert built.stderr.endswith(": health.treshold: unknown key (did you mean 'health.threshold'?)\n")
+        assert not (tmp_path / unit).exists()
+
+
+def test_a_wrong_type_in_settings_fails_the_build(evaluate: Evaluate, tmp_path: Path) -> None:
+    config = with_options()
+    settings_of(config)["failover"] = {"label": 7}
+    built = build_stub(config_file(evaluate(config)["services"]["wg-failover"]), tmp_path / "out")
+    assert built.returncode == 78
+    assert "failover.label: " in built.stderr
+
+
+def test_the_build_time_check_can_be_turned_off(evaluate: Evaluate) -> None:
+    config = with_options(checkConfig=False)
+    settings_of(config)["health"] = {"treshold": 0.1}
+    rendered = config_file(evaluate(config)["services"]["wg-select"]).read_text()
+    assert tomllib.loads(rendered)["health"] == {"treshold": 0.1}
 
 
 def test_module_hardens_units_and_opens_only_needed_paths(evaluate: Evaluate) -> None:
     config = with_options()
-    config["services"]["wg-failover"]["settings"]["textfile_dir"] = "/var/lib/node-exporter-text"
+    settings_of(config)["textfile_dir"] = "/var/lib/node-exporter-text"
     result = evaluate(config)
-    for unit in ["wg-select", "wg-failover", "wg-health-check"]:
+    for unit in OWN_UNITS:
         service = result["services"][unit]["serviceConfig"]
         assert service["ProtectSystem"] == "strict"
         assert service["StateDirectory"] == "wg-failover"
         assert service["NoNewPrivileges"] is True
         assert service["UMask"] == "0077"
-        assert service["ReadWritePaths"] == ["/run", "/var/lib/node-exporter-text"]
+        assert service["ReadWritePaths"] == ["/run/wg-failover", "/var/lib/node-exporter-text"]
     assert result["services"]["wg-select"]["serviceConfig"]["PrivateNetwork"] is True
-    assert "d /var/lib/node-exporter-text 0755 root root -" in result["tmpfiles"]
+    assert result["tmpfiles"] == [
+        "d /run/wg-failover 0755 root root -",
+        "d /var/lib/node-exporter-text 0755 root root -",
+    ]
+
+
+@pytest.mark.parametrize("link", ["/run/wg-active.conf", "/etc/wg0.conf", "/wg.conf"])
+def test_module_refuses_a_link_in_a_shared_directory(evaluate: Evaluate, link: str) -> None:
+    config = with_options()
+    settings_of(config)["active_link"] = link
+    directory = os.path.dirname(link)
+    assert evaluate(config)["failedAssertions"] == [
+        f'services.wg-failover.settings.active_link = "{link}": put the link in a directory of its own'
+        " (e.g. /run/wg-failover/active.conf); the units may write its whole directory,"
+        f" and {directory} is shared with other services."
+    ]
 
 
 def test_module_loosens_health_check_only_for_handshake_fallback(evaluate: Evaluate) -> None:
     config = with_options()
-    config["services"]["wg-failover"]["settings"]["health"] = {"interface": "wg0", "netns": "wg"}
+    settings_of(config)["health"] = {"interface": "wg0", "netns": "wg"}
     health = evaluate(config)["services"]["wg-health-check"]
     assert "CAP_NET_ADMIN" in health["serviceConfig"]["CapabilityBoundingSet"]
     assert health["serviceConfig"]["RestrictNamespaces"] is False
@@ -446,7 +678,10 @@ def test_module_loosens_health_check_only_for_handshake_fallback(evaluate: Evalu
 
 def test_module_configures_both_probers(evaluate: Evaluate) -> None:
     config = with_options(
-        probers={"external": {"enable": True}, "internal": {"enable": True, "netns": "/run/netns/vpn"}}
+        probers={
+            "external": {"enable": True},
+            "internal": {"enable": True, "netns": "/run/netns/vpn", "netnsUnit": "netns-vpn"},
+        }
     )
     result = evaluate(config)
     assert result["smokeping"] == {
@@ -457,10 +692,21 @@ def test_module_configures_both_probers(evaluate: Evaluate) -> None:
     assert prober["serviceConfig"]["NetworkNamespacePath"] == "/run/netns/vpn"
     assert prober["serviceConfig"]["AmbientCapabilities"] == ["CAP_NET_RAW"]
     assert prober["serviceConfig"]["Restart"] == "always"
+    # A namespace recreated with the tunnel or its own unit restarts the prober inside it.
+    assert prober["partOf"] == ["wg.service", "netns-vpn.service"]
+    assert prober["after"] == ["wg.service", "netns-vpn.service"]
+    # Loopback: the VPN peer cannot read the metrics.
     assert prober["serviceConfig"]["ExecStart"] == (
         "/stub/prometheus-smokeping-prober/bin/smokeping_prober --privileged"
-        " --web.listen-address=0.0.0.0:9374 198.41.0.4 192.33.4.12"
+        " --web.listen-address=127.0.0.1:9374 198.41.0.4 192.33.4.12"
     )
+
+
+def test_module_runs_the_internal_prober_in_the_main_namespace_when_netns_is_null(evaluate: Evaluate) -> None:
+    config = with_options(probers={"internal": {"enable": True, "netns": None}})
+    prober = evaluate(config)["services"]["prometheus-smokeping-vpn"]
+    assert "NetworkNamespacePath" not in prober["serviceConfig"]
+    assert prober["partOf"] == ["wg.service"]
 
 
 def test_module_external_prober_needs_every_endpoint(evaluate: Evaluate) -> None:

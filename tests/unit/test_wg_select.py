@@ -156,6 +156,33 @@ def test_check_config_fails_on_a_missing_credential_file(make_config_file: Calla
     )
 
 
+def test_check_config_offline_skips_the_files_the_config_names(
+    make_config_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    path = make_config_file(extra=f'[prometheus]\nurl = "http://127.0.0.1:9"\nbearer_token_file = "{tmp_path}/token"\n')
+    (load_config(path).config_dir / "server2").unlink()
+    result = CliRunner().invoke(main, ["--config", str(path), "--check-config", "--offline"])
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert result.stdout == (
+        f"{path}: valid; 3 servers (server1, server2, server3) (offline: files it names not checked)\n"
+    )
+
+
+def test_check_config_offline_still_refuses_a_typo(make_config_file: Callable[..., Path]) -> None:
+    path = make_config_file(extra="[health]\ntreshold = 0.3\n")
+    result = CliRunner().invoke(main, ["--config", str(path), "--check-config", "--offline"])
+    assert result.exit_code == 78
+    assert result.stderr.endswith("health.treshold: unknown key (did you mean 'health.threshold'?)\n")
+
+
+def test_offline_without_check_config_is_a_usage_error(make_config_file: Callable[..., Path]) -> None:
+    path = make_config_file()
+    result = CliRunner().invoke(main, ["--config", str(path), "--offline"])
+    assert result.exit_code == 2
+    assert "--offline only applies to --check-config" in result.stderr
+    assert not load_config(path).active_link.exists()
+
+
 def test_restoring_an_unchanged_state_writes_nothing(make_config_file: Callable[..., Path]) -> None:
     config = load_config(make_config_file())
     select_server(config, rng=random.Random(3))
