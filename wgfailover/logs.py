@@ -12,9 +12,11 @@ priority.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import Iterator
 
 _SYSLOG_PRIORITY = {
     logging.CRITICAL: 2,
@@ -74,14 +76,29 @@ def stderr_is_journal() -> bool:
     return (status.st_dev, status.st_ino) == (int(device), int(inode))
 
 
-def setup_logging(program: str, verbose: bool = False) -> None:
-    """Given the command's name, send the package's log records to stderr, one line each."""
+@contextlib.contextmanager
+def logging_to_stderr(program: str, verbose: bool = False) -> Iterator[None]:
+    """
+    Given the command's name, send the package's log records to stderr, one
+    line each, for the duration of the block; then put the package's logger
+    back as it was. A command leaves no global state behind, so a program
+    (or a test) that runs one and then logs on its own sees its own logging
+    setup unchanged.
+    """
     handler = logging.StreamHandler(sys.stderr)
     if stderr_is_journal():
         handler.setFormatter(_JournalFormatter())
     else:
         handler.setFormatter(_TerminalFormatter(program))
     logger = logging.getLogger("wgfailover")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
     logger.handlers[:] = [handler]
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    # Not also through the root logger: an embedding program's handlers
+    # would print every line twice.
     logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.handlers[:], logger.propagate = saved[0], saved[2]
+        logger.setLevel(saved[1])

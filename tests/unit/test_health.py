@@ -28,6 +28,7 @@ import requests
 import requests_mock as requests_mock_module
 from click.testing import CliRunner
 
+from tests.commands import command_argv
 from wgfailover.commands.wg_health_check import main
 from wgfailover.config import Config, HealthSettings, load_config
 from wgfailover.errors import ActionError, ExitCode, LockBusyError, PrometheusUnreachable
@@ -46,7 +47,6 @@ from wgfailover.state import CheckRecord, StateDir, SwitchRecord
 URL = "http://prometheus.test:9090"
 QUERY_URL = f"{URL}/api/v1/query"
 NOW = 1_700_000_000.0
-BIN_DIR = Path(sys.executable).parent
 
 # Marks whether the state lock was free while the failover command ran: a
 # command that needs the lock (wg-failover) would otherwise deadlock.
@@ -577,7 +577,7 @@ def run_command(config: Config, *args: str, path_prefix: Path | None = None) -> 
     if path_prefix is not None:
         env["PATH"] = f"{path_prefix}{os.pathsep}{env['PATH']}"
     return subprocess.run(
-        [str(BIN_DIR / "wg-health-check"), "--config", str(config.path), *args],
+        [*command_argv("wg-health-check"), "--config", str(config.path), *args],
         capture_output=True,
         text=True,
         env=env,
@@ -626,7 +626,7 @@ def test_a_failover_command_running_wg_failover_on_the_same_state_does_not_deadl
     make_health_config: Callable[..., Config], fake_prometheus: FakePrometheus, tmp_path: Path
 ) -> None:
     # lock_timeout is short: a deadlock would fail fast (exit 75 inside, 1 outside) instead of hanging.
-    command = [str(BIN_DIR / "wg-failover"), "--config", str(tmp_path / "config.toml"), "--to", "server3"]
+    command = [*command_argv("wg-failover"), "--config", str(tmp_path / "config.toml"), "--to", "server3"]
     config = make_health_config(
         f"max_failures = 1\nfailover_command = {json.dumps(command)}\n",
         prometheus_url=fake_prometheus.url,

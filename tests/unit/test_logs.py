@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from tests.commands import command_argv
 from wgfailover.commands.common import handle_errors
+from wgfailover.commands.wg_select import main as wg_select
 from wgfailover.config import load_config
-
-BIN = Path(sys.executable).parent
 
 
 def run_with_stderr_file(args: list[str], stderr_path: Path, journal_stream: str | None) -> str:
@@ -40,7 +41,7 @@ def bad_state_config(make_config_file: Callable[..., Path]) -> Path:
 def test_when_stderr_is_the_journal_lines_carry_syslog_priorities(bad_state_config: Path, tmp_path: Path) -> None:
     state = load_config(bad_state_config).state_dir
     output = run_with_stderr_file(
-        [str(BIN / "wg-select"), "--config", str(bad_state_config)], tmp_path / "stderr", "this file"
+        [*command_argv("wg-select"), "--config", str(bad_state_config)], tmp_path / "stderr", "this file"
     )
     lines = output.splitlines()
     assert lines[0] == f"<4>{state / 'current'} names 'nope', which is not a configured server; replacing it"
@@ -53,7 +54,7 @@ def test_elsewhere_lines_name_the_program_and_level(
 ) -> None:
     # A shell started from a unit inherits JOURNAL_STREAM, but its stderr is a terminal or a file.
     output = run_with_stderr_file(
-        [str(BIN / "wg-select"), "--config", str(bad_state_config)], tmp_path / "stderr", journal_stream
+        [*command_argv("wg-select"), "--config", str(bad_state_config)], tmp_path / "stderr", journal_stream
     )
     assert output.splitlines()[0].startswith("wg-select: warning: ")
 
@@ -64,7 +65,7 @@ def test_a_newline_in_a_message_stays_on_one_line(make_config_file: Callable[...
     state.mkdir()
     (state / "current").write_text("server1\n")
     output = run_with_stderr_file(
-        [str(BIN / "wg-failover"), "--config", str(path), "--to", "server3", "--reason", "line1\nline2"],
+        [*command_argv("wg-failover"), "--config", str(path), "--to", "server3", "--reason", "line1\nline2"],
         tmp_path / "stderr",
         "this file",
     )
@@ -89,3 +90,26 @@ def test_an_internal_error_is_one_line_and_verbose_adds_the_traceback(
         assert lines[-1] == "wg-select: error: RuntimeError: a bug"
     else:
         assert len(lines) == 1
+
+
+def test_a_command_leaves_the_package_logger_as_it_found_it(bad_state_config: Path) -> None:
+    logger = logging.getLogger("wgfailover")
+    before = (logger.handlers[:], logger.level, logger.propagate)
+    result = CliRunner().invoke(wg_select, ["--config", str(bad_state_config)])
+    assert result.exit_code == 0, result.output
+    assert (logger.handlers[:], logger.level, logger.propagate) == before
+
+
+def test_records_logged_after_a_command_reach_the_callers_handlers(bad_state_config: Path) -> None:
+    CliRunner().invoke(wg_select, ["--config", str(bad_state_config)])
+    # Another program's handler on the root logger (where pytest's caplog puts its own).
+    caught: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = caught.append  # type: ignore[method-assign]
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        logging.getLogger("wgfailover.state").warning("after the command")
+    finally:
+        root.removeHandler(handler)
+    assert [record.getMessage() for record in caught] == ["after the command"]

@@ -380,10 +380,15 @@ def package_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def evaluate(tmp_path_factory: pytest.TempPathFactory, package_dir: Path) -> Evaluate:
-    nixpkgs_lib = default_nixpkgs_lib()
-    if nixpkgs_lib is None:
+def nixpkgs_lib() -> Path:
+    found = default_nixpkgs_lib()
+    if found is None:
         pytest.skip("nixpkgs' lib is not at ../shared/nixpkgs-lib/lib and WGF_NIXPKGS_LIB is not set")
+    return found.resolve()
+
+
+@pytest.fixture(scope="module")
+def evaluate(tmp_path_factory: pytest.TempPathFactory, package_dir: Path, nixpkgs_lib: Path) -> Evaluate:
     nix_instantiate = require("nix-instantiate")
     harness = tmp_path_factory.mktemp("nix") / "harness.nix"
     harness.write_text(HARNESS)
@@ -393,7 +398,7 @@ def evaluate(tmp_path_factory: pytest.TempPathFactory, package_dir: Path) -> Eva
         # really be written so the test can read them back.
         result = run(
             [nix_instantiate, "--eval", "--strict", "--json", "--read-write-mode", str(harness),
-             "--arg", "libPath", str(nixpkgs_lib.resolve()),
+             "--arg", "libPath", str(nixpkgs_lib),
              "--arg", "modulePath", str(ROOT / "nixos-module.nix"),
              "--argstr", "packagePath", str(package_dir),
              "--argstr", "configJSON", json.dumps(config)]
@@ -430,6 +435,45 @@ def read_built(path: Path) -> dict[str, Any]:
 
 def rendered_config(service: dict[str, Any]) -> dict[str, Any]:
     return read_built(config_file(service))
+
+
+# package.nix called with a stub python3Packages whose builder returns its
+# arguments, so the test reads what Nix would build with (never `src`, which
+# would copy the checkout into the store).
+PACKAGE_HARNESS = r"""
+{ libPath, packagePath }:
+let
+  lib = import libPath;
+  python3Packages = {
+    buildPythonApplication = args: args;
+    pythonOlder = _: false;
+  } // lib.genAttrs [ "setuptools" "click" "requests" "tomli" "pytestCheckHook" "requests-mock" "hypothesis" ] (name: { inherit name; });
+  package = import packagePath { inherit lib python3Packages; };
+in
+{
+  inherit (package) pname version enabledTestPaths meta;
+  dependencies = map (p: p.name) package.dependencies;
+}
+"""
+
+
+def test_package_nix_runs_the_unit_tests_and_links_home_and_changelog(nixpkgs_lib: Path, tmp_path: Path) -> None:
+    nix_instantiate = require("nix-instantiate")
+    harness = tmp_path / "package-harness.nix"
+    harness.write_text(PACKAGE_HARNESS)
+    result = run(
+        [nix_instantiate, "--eval", "--strict", "--json", str(harness),
+         "--arg", "libPath", str(nixpkgs_lib), "--arg", "packagePath", str(ROOT / "package.nix")]
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    package = json.loads(result.stdout)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert (package["pname"], package["version"]) == (project["name"], project["version"])
+    assert package["enabledTestPaths"] == ["tests/unit"]
+    assert package["meta"]["homepage"] == project["urls"]["Homepage"]
+    assert package["meta"]["changelog"] == project["urls"]["Changelog"]
+    assert package["meta"]["mainProgram"] in project["scripts"]
+    assert package["dependencies"] == ["click", "requests"]
 
 
 def test_nixpkgs_lib_defaults_to_shared_beside_the_repository() -> None:

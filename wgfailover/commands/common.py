@@ -14,7 +14,7 @@ import click
 
 from wgfailover.config import CONFIG_ENV_VAR, DEFAULT_CONFIG_PATH, Config, check_referenced_files, load_config
 from wgfailover.errors import ConfigError, ExitCode, WgFailoverError
-from wgfailover.logs import setup_logging
+from wgfailover.logs import logging_to_stderr
 
 log = logging.getLogger("wgfailover")
 
@@ -76,22 +76,22 @@ def handle_errors(program: str, verbose: bool) -> Iterator[None]:
     stderr and its exit code. Anything else is a bug: one line too, with the
     traceback only under --verbose.
     """
-    setup_logging(program, verbose)
-    try:
-        yield
-    except WgFailoverError as error:
-        log.error("%s", error)
-        sys.exit(int(error.exit_code))
-    except KeyboardInterrupt:
-        log.error("interrupted")
-        sys.exit(130)
-    except (SystemExit, click.exceptions.Exit, click.ClickException):
-        raise
-    except Exception as error:  # noqa: BLE001 - the last line of defence
-        log.error("internal error: %s: %s (run with --verbose for the traceback)", type(error).__name__, error)
-        if verbose:
-            log.exception("traceback")
-        sys.exit(int(ExitCode.ACTION_FAILED))
+    with logging_to_stderr(program, verbose):
+        try:
+            yield
+        except WgFailoverError as error:
+            log.error("%s", error)
+            sys.exit(int(error.exit_code))
+        except KeyboardInterrupt:
+            log.error("interrupted")
+            sys.exit(130)
+        except (SystemExit, click.exceptions.Exit, click.ClickException):
+            raise
+        except Exception as error:  # noqa: BLE001 - the last line of defence
+            log.error("internal error: %s: %s (run with --verbose for the traceback)", type(error).__name__, error)
+            if verbose:
+                log.exception("traceback")
+            sys.exit(int(ExitCode.ACTION_FAILED))
 
 
 def describe_config(config: Config) -> str:
