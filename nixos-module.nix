@@ -653,7 +653,9 @@ in
         serviceConfig = clientSandbox // {
           Type = "oneshot";
           # This unit is the tunnel's OnFailure= hook, so that is the reason
-          # it records; run `wg-failover` by hand for a manual switch.
+          # it records, unless wg-health-check started it (failover_command)
+          # and left its own reason in the state directory; run
+          # `wg-failover` by hand for a manual switch.
           ExecStart = command "wg-failover" "wg-failover" [
             "--reason"
             "unit-failed"

@@ -395,7 +395,14 @@ def trigger_failover(
         # `systemctl start` of a oneshot returns when the failover is done, so
         # allow for everything the failover itself may wait for.
         timeout = config.lock_timeout + config.prometheus.timeout + config.restart_timeout + _TRIGGER_MARGIN
-        run_command(command, timeout, "triggering the failover failed")
+        # The failover the command starts records this reason, not its own
+        # default (for the module's unit: unit-failed).
+        state = StateDir(config.state_dir)
+        state.write_pending_reason(reason, wall_clock(), timeout)
+        try:
+            run_command(command, timeout, "triggering the failover failed")
+        finally:
+            state.discard_pending_reason()
         return None
     try:
         return fail_over(config, reason=reason, rng=rng, wall_clock=wall_clock)

@@ -8,6 +8,9 @@ existing installs and scripts keep working):
 - ``history.jsonl``: one JSON object per switch (time, from, to, reason, losses).
 - ``last-check.json``: when the last health check ran and what it measured.
 - ``lock``: flock(2) target that serialises every read-modify-write.
+- ``pending-reason.json``: why a health check is starting the failover
+  through ``health.failover_command``, for that failover to record (see
+  ``pending_reason``).
 
 Every write goes through fsutil.atomic_write, so a crash leaves either the
 old or the new file.
@@ -39,6 +42,9 @@ FAILURES_FILE = "health-failures"
 HISTORY_FILE = "history.jsonl"
 LAST_CHECK_FILE = "last-check.json"
 LOCK_FILE = "lock"
+PENDING_REASON_FILE = "pending-reason.json"
+# A reason is a short line for the history and the metrics' labels.
+MAX_REASON_LENGTH = 200
 
 # Enough for months of switches; older entries are dropped on the next write.
 MAX_HISTORY = 1000
@@ -318,3 +324,78 @@ class StateDir:
     def write_last_check(self, record: CheckRecord) -> None:
         data = {"time": record.time, "loss": _finite_or_none(record.loss), "span": record.span}
         atomic_write(self.file(LAST_CHECK_FILE), (json.dumps(data, sort_keys=True) + "\n").encode())
+
+    # --- pending reason -----------------------------------------------------
+    #
+    # `systemctl start wg-failover.service` (health.failover_command) runs
+    # the unit's own command line, which says --reason unit-failed for its
+    # OnFailure= role, and passes none of the caller's environment. So the
+    # health check leaves its reason here, valid for as long as it waits for
+    # the command, and the failover it started takes it.
+
+    def write_pending_reason(self, reason: str, now: float, valid_for: float) -> None:
+        """
+        Given the health check's reason, the wall time and how long the
+        failover may take, leave the reason for it. A write that fails is a
+        warning.
+        """
+        data = {"reason": reason[:MAX_REASON_LENGTH], "time": now, "valid_for": valid_for}
+        try:
+            atomic_write(self.file(PENDING_REASON_FILE), (json.dumps(data) + "\n").encode(), mode=0o600)
+        except StateError as error:
+            # Only the history's label is lost; the failover must still run.
+            log.warning("%s; the failover will record its own reason", error)
+
+    def claim_pending_reason(self, now: float) -> str | None:
+        """
+        Given the wall time, take the pending reason: return it if it is
+        valid and fresh, else None; either way it is gone afterwards. A rename
+        makes the claim atomic, so of two failovers at most one takes it.
+        """
+        path = self.file(PENDING_REASON_FILE)
+        claimed = path.with_name(f".{PENDING_REASON_FILE}.{os.getpid()}.claimed")
+        try:
+            os.rename(path, claimed)
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            log.warning("cannot take %s: %s", path, error.strerror)
+            return None
+        try:
+            text = claimed.read_bytes()[:4096].decode("utf-8", errors="replace")
+        except OSError:
+            text = ""
+        finally:
+            with contextlib.suppress(OSError):
+                claimed.unlink()
+        reason = pending_reason(text, now)
+        if reason is None:
+            log.warning("%s was stale or malformed; ignored", path)
+        return reason
+
+    def discard_pending_reason(self) -> None:
+        """Remove a pending reason nobody took (the triggered failover never ran)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.file(PENDING_REASON_FILE).unlink()
+
+
+def pending_reason(text: str, now: float) -> str | None:
+    """
+    Given the text of a pending-reason file and the wall time, return its
+    reason if the file is well formed and still valid (written at most
+    valid_for seconds ago, not in the future), else None.
+    """
+    try:
+        data = json.loads(text)
+        reason, written, valid_for = data["reason"], float(data["time"]), float(data["valid_for"])
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return None
+    if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON_LENGTH:
+        return None
+    if not reason.isprintable():
+        return None
+    if not (math.isfinite(written) and math.isfinite(valid_for)):
+        return None
+    if not 0 <= now - written <= valid_for:
+        return None
+    return reason

@@ -42,7 +42,7 @@ from wgfailover.health import (
     check_health,
     plan_span,
 )
-from wgfailover.state import CheckRecord, StateDir, SwitchRecord
+from wgfailover.state import PENDING_REASON_FILE, CheckRecord, StateDir, SwitchRecord
 
 URL = "http://prometheus.test:9090"
 QUERY_URL = f"{URL}/api/v1/query"
@@ -639,6 +639,54 @@ def test_a_failover_command_running_wg_failover_on_the_same_state_does_not_deadl
     assert (config.state_dir / "current").read_text() == "server3\n"
     last = StateDir(config.state_dir).last_switch()
     assert last is not None and (last.from_server, last.to_server) == ("server1", "server3")
+
+
+def test_a_failover_the_health_check_starts_through_a_command_records_the_checks_reason(
+    make_health_config: Callable[..., Config], fake_prometheus: FakePrometheus, tmp_path: Path
+) -> None:
+    # As the NixOS module wires it: the unit's command line says unit-failed,
+    # for its OnFailure= role; started by the health check it must say why.
+    command = [*command_argv("wg-failover"), "--config", str(tmp_path / "config.toml"), "--reason", "unit-failed"]
+    config = make_health_config(
+        f"max_failures = 1\nfailover_command = {json.dumps(command)}\n", prometheus_url=fake_prometheus.url
+    )
+    state_of(config).write_current("server1")
+    fake_prometheus.loss = "0.9"
+    result = run_command(config)
+    assert result.returncode == 0, result.stderr
+    last = StateDir(config.state_dir).last_switch()
+    assert last is not None
+    assert (last.from_server, last.reason) == ("server1", "health-check: loss 0.9 > 0.15 for 1 check")
+    assert not (config.state_dir / PENDING_REASON_FILE).exists()
+
+
+def test_the_same_failover_started_by_on_failure_records_unit_failed(
+    make_health_config: Callable[..., Config], fake_prometheus: FakePrometheus
+) -> None:
+    config = make_health_config(prometheus_url=fake_prometheus.url)
+    state_of(config).write_current("server1")
+    result = subprocess.run(
+        [*command_argv("wg-failover"), "--config", str(config.path), "--reason", "unit-failed"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    last = StateDir(config.state_dir).last_switch()
+    assert last is not None and last.reason == "unit-failed"
+
+
+def test_a_failing_failover_command_leaves_no_reason_behind(
+    make_health_config: Callable[..., Config], fake_prometheus: FakePrometheus
+) -> None:
+    config = make_health_config('max_failures = 1\nfailover_command = ["false"]\n', prometheus_url=fake_prometheus.url)
+    state_of(config).write_current("server1")
+    fake_prometheus.loss = "0.9"
+    with pytest.raises(ActionError):
+        check_health(config)
+    # A later OnFailure= run must not take this check's reason.
+    assert not (config.state_dir / PENDING_REASON_FILE).exists()
 
 
 def install_fake_wg(bin_dir: Path, handshake_age: float) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from wgfailover.errors import ExitCode, LockBusyError, StateError
-from wgfailover.state import CheckRecord, StateDir
+from wgfailover.state import PENDING_REASON_FILE, CheckRecord, StateDir, pending_reason
 
 KNOWN = ["server1", "server2"]
 
@@ -219,3 +219,61 @@ def test_a_current_that_is_a_symlink_is_not_followed(state: StateDir, tmp_path: 
     assert current.name is None
     assert current.problem == f"{state.path / 'current'} is a symlink, not a file"
     assert not state.holds_current("server1")
+
+
+# --- the reason a health check leaves for the failover it starts --------------
+
+NOW = 1_700_000_000.0
+
+
+def pending(reason: object = "health-check: loss 0.42 > 0.15 for 3 checks", written: object = NOW - 10) -> str:
+    return json.dumps({"reason": reason, "time": written, "valid_for": 95})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (pending(), "health-check: loss 0.42 > 0.15 for 3 checks"),
+        (pending(written=NOW), "health-check: loss 0.42 > 0.15 for 3 checks"),
+        (pending(written=NOW - 95), "health-check: loss 0.42 > 0.15 for 3 checks"),
+        (pending(written=NOW - 96), None),  # older than the failover may take: a leftover
+        (pending(written=NOW + 1), None),  # from the future: the clock moved
+        (pending(written="NaN"), None),
+        (pending(written=None), None),
+        (pending(reason=""), None),
+        (pending(reason="   "), None),
+        (pending(reason=7), None),
+        (pending(reason="x" * 201), None),
+        (pending(reason="two\nlines"), None),
+        (json.dumps({"reason": "r", "time": NOW}), None),
+        ("[]", None),
+        ("", None),
+        ("\x89PNG", None),
+    ],
+)
+def test_a_pending_reason_is_taken_only_when_well_formed_and_fresh(text: str, expected: str | None) -> None:
+    assert pending_reason(text, NOW) == expected
+
+
+def test_a_pending_reason_is_taken_once(state: StateDir) -> None:
+    state.ensure()
+    state.write_pending_reason("health-check: loss 0.5 > 0.15 for 1 check", NOW, 95)
+    assert oct(state.file(PENDING_REASON_FILE).stat().st_mode & 0o777) == "0o600"
+    assert state.claim_pending_reason(NOW + 5) == "health-check: loss 0.5 > 0.15 for 1 check"
+    assert state.claim_pending_reason(NOW + 5) is None
+    assert [name for name in os.listdir(state.path) if "pending" in name] == []
+
+
+def test_a_stale_pending_reason_is_dropped_not_taken(state: StateDir, caplog: pytest.LogCaptureFixture) -> None:
+    state.ensure()
+    state.write_pending_reason("health-check: loss 0.5 > 0.15 for 1 check", NOW, 95)
+    assert state.claim_pending_reason(NOW + 600) is None
+    assert not state.file(PENDING_REASON_FILE).exists()
+    assert "stale or malformed; ignored" in caplog.text
+
+
+def test_an_unwritable_pending_reason_is_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    state = StateDir(tmp_path / "missing")
+    state.write_pending_reason("health-check: loss 0.5 > 0.15 for 1 check", NOW, 95)
+    assert "the failover will record its own reason" in caplog.text
+    state.discard_pending_reason()  # nothing to discard: no error either

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import click
 
 from wgfailover.commands.common import EXIT_CODES_HELP, common_options, handle_errors, load_or_check
+from wgfailover.state import StateDir
 
 
 @click.command(
@@ -27,7 +29,10 @@ from wgfailover.commands.common import EXIT_CODES_HELP, common_options, handle_e
 @click.option(
     "--reason",
     metavar="TEXT",
-    help="Why, for the history (default: 'manual' with --to, else 'failover'; OnFailure= units pass 'unit-failed').",
+    help=(
+        "Why, for the history (default: 'manual' with --to, else 'failover'; OnFailure= units pass 'unit-failed'). "
+        "Without --to, a reason a health check left for the failover it started (health.failover_command) wins."
+    ),
 )
 def main(
     config_path: Path,
@@ -44,5 +49,9 @@ def main(
         from wgfailover.failover import fail_over, format_report, result_to_json
 
         config = load_or_check(config_path, check_config)
+        if to is None and not dry_run:
+            # Started by a health check through health.failover_command: its
+            # reason, with the loss it saw, replaces this unit's default.
+            reason = StateDir(config.state_dir).claim_pending_reason(time.time()) or reason
         result = fail_over(config, reason=reason or ("manual" if to else "failover"), to=to, dry_run=dry_run)
         click.echo(json.dumps(result_to_json(result), indent=2) if as_json else format_report(result))
