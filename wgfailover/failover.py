@@ -21,7 +21,8 @@ from typing import Any
 
 from wgfailover.config import Config, FailoverSettings, fill_template, format_duration
 from wgfailover.errors import ActionError, ConfigError, PrometheusError, UsageError
-from wgfailover.prometheus import Sample, escape_regex_value
+from wgfailover.logs import one_line
+from wgfailover.prometheus import Sample, escape_regex_value, round_measured
 from wgfailover.prometheus_pool import open_prometheus
 from wgfailover.ranking import Measurement, RankedServer, first_choice, rank_servers
 from wgfailover.servers import Server, resolve_endpoint
@@ -108,7 +109,7 @@ def fail_over(
             last = history[-1] if history else None  # None: the history was removed meanwhile
             what = f" ({last.from_server or 'none'} to {last.to_server}, {last.reason})" if last else ""
             message = f"another switch{what} was made while this one waited; not switching again"
-            log.info("%s", message)
+            log.debug("%s", message)  # the result says it
             return FailoverResult(
                 rows=(),
                 choice=None,
@@ -240,8 +241,8 @@ def result_to_json(result: FailoverResult) -> dict[str, Any]:
             {
                 "server": row.name,
                 "endpoint": result.endpoints.get(row.name),
-                "loss": row.loss,
-                "latency_seconds": row.latency,
+                "loss": _rounded(row.loss),
+                "latency_seconds": _rounded(row.latency),
                 "rank": row.rank,
                 "held_down": row.held_down,
                 "left_seconds_ago": row.left_ago,
@@ -286,7 +287,7 @@ def _decide(
             raise ActionError(f"cannot switch to {to}: its WireGuard config {target.config_path} does not exist")
         already = f"already using {to}; nothing to do" if to == current.name else None
         if already and not dry_run:
-            log.info("%s", already)
+            log.debug("%s", already)  # the result says it
         return FailoverResult(
             rows=tuple(_manual_rows(config, current.name, to)),
             choice=to,
@@ -328,7 +329,7 @@ def _decide(
     if best is None:
         excluded = "; ".join(f"{row.name}: {row.reason}" for row in rows)
         raise ActionError(f"no other server to switch to ({excluded})")
-    log.info("chose %s: %s", best.name, best.reason)
+    log.debug("chose %s: %s", best.name, best.reason)  # the result says it
     return FailoverResult(
         rows=tuple(rows),
         choice=best.name,
@@ -373,7 +374,6 @@ def _measure(
     if not known:
         return [], "no server has a known endpoint to ask Prometheus about"
     query = build_query(config.failover, known)
-    log.debug("asking Prometheus: %s", query)
     try:
         # A credential file that can't be read is a configuration error, but
         # at failover time the tunnel is already broken: the policy decides.
@@ -405,6 +405,11 @@ def _clean(metric: str, value: float) -> float | None:
     return value if value >= 0 else None
 
 
+def _rounded(value: float | None) -> float | None:
+    # Decisions use the exact value; what is shown is what a prober resolves.
+    return round_measured(value) if value is not None else None
+
+
 def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value * 100:.1f}%"
 
@@ -421,4 +426,4 @@ def _outcome(result: FailoverResult) -> str:
     move = f"from {result.from_server or 'none'} to {result.choice}{why}"
     if result.dry_run:
         return f"would switch {move} (dry run: nothing changed)"
-    return f"switched {move} (reason: {result.reason})"
+    return f"switched {move} (reason: {one_line(result.reason)})"

@@ -31,6 +31,7 @@ import math
 import random
 import time
 from collections.abc import Callable
+from typing import Any
 
 import requests
 
@@ -38,8 +39,10 @@ from wgfailover.config import Config, HealthSettings, fill_template, format_dura
 from wgfailover.errors import ActionError, ConfigError, PrometheusError, WgFailoverError
 from wgfailover.external import run_command
 from wgfailover.failover import FailoverResult, fail_over
+from wgfailover.failover import result_to_json as failover_to_json
 from wgfailover.handshake import HandshakeCheck, check_handshake
 from wgfailover.metrics import write_metrics
+from wgfailover.prometheus import round_measured
 from wgfailover.prometheus_pool import PrometheusPool, open_prometheus
 from wgfailover.state import CheckRecord, StateDir, SwitchRecord
 
@@ -323,7 +326,7 @@ def check_health(
     trigger = _trigger_name(config)
     if span.waiting:
         failures = state.read_failures()
-        log.info("%s; nothing judged", span.reason)
+        log.debug("%s; nothing judged", span.reason)  # the result says it
         return HealthResult(WAITING, span, None, failures, failures, health.max_failures, health.threshold, dry_run)
 
     measurement = measure(config, span, now, clock=clock, session=session, remember=not dry_run)
@@ -360,7 +363,7 @@ def check_health(
             # Another check meanwhile: its span overlaps ours, so counting
             # both would count the same evidence twice.
             before = state.read_failures()
-            log.info("the server was switched, or another check ran, while measuring; this check is not counted")
+            log.debug("the server was switched, or another check ran, while measuring; this check is not counted")
             return HealthResult(SUPERSEDED, span, measurement, before, before, health.max_failures, health.threshold)
         before = state.read_failures()
         decision = decide(before, measurement, health)
@@ -373,7 +376,8 @@ def check_health(
         log.debug("%s", result.message)
         return result
     reason = decision.reason or "health-check"
-    log.warning("%s; triggering the failover (%s)", reason, trigger)
+    # Info, not warning: the result line that follows is the warning, once.
+    log.info("%s; triggering the failover (%s)", reason, trigger)
     failover = trigger_failover(config, reason, wall_clock=wall_clock, rng=rng)
     return dataclasses.replace(result, failover=failover)
 
@@ -439,6 +443,39 @@ def describe_result(result: HealthResult) -> str:
     if result.failover is not None:
         return f"unhealthy: {seen}; {reached}: {_describe_failover(result.failover)}"
     return f"unhealthy: {seen}; {reached}: failover triggered ({result.trigger})"
+
+
+def result_level(result: HealthResult) -> int:
+    """Given a HealthResult, return the log level its summary deserves under systemd."""
+    return logging.WARNING if result.outcome in (FAILURE, FAILOVER) else logging.INFO
+
+
+def result_to_json(result: HealthResult) -> dict[str, Any]:
+    """Given a HealthResult, return it as a JSON-ready dict (what --json prints)."""
+    measurement = result.measurement
+    handshake = measurement.handshake if measurement else None
+    return {
+        "dry_run": result.dry_run,
+        "outcome": result.outcome,
+        "message": result.message,
+        "source": measurement.source if measurement else None,
+        "loss": round_measured(measurement.loss) if measurement and measurement.loss is not None else None,
+        "threshold": result.threshold,
+        "span_seconds": result.span.seconds,
+        "span_reason": result.span.reason,
+        "query": measurement.query if measurement else None,
+        "handshake": (
+            {"interface": handshake.interface, "age_seconds": handshake.age, "timeout": handshake.timeout}
+            if handshake
+            else None
+        ),
+        "prometheus_error": measurement.fallback_reason if measurement else None,
+        "failures_before": result.failures_before,
+        "failures": result.failures,
+        "max_failures": result.max_failures,
+        "trigger": result.trigger,
+        "failover": failover_to_json(result.failover) if result.failover else None,
+    }
 
 
 def _describe_failover(failover: FailoverResult) -> str:

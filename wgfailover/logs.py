@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
+from typing import TextIO
 
 _SYSLOG_PRIORITY = {
     logging.CRITICAL: 2,
@@ -27,7 +28,8 @@ _SYSLOG_PRIORITY = {
 }
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
+    """Given a free text (a --reason, a server's stderr), return it with line breaks escaped."""
     return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
@@ -38,7 +40,7 @@ class _OneEventPerLine(logging.Formatter):
         raise NotImplementedError
 
     def format(self, record: logging.LogRecord) -> str:
-        line = self.prefix(record) + _one_line(record.getMessage())
+        line = self.prefix(record) + one_line(record.getMessage())
         if record.exc_info:
             trace = self.formatException(record.exc_info).splitlines()
             line += "".join("\n" + self.prefix(record) + trace_line for trace_line in trace)
@@ -63,17 +65,31 @@ class _TerminalFormatter(_OneEventPerLine):
         return f"{self.program}: "
 
 
-def stderr_is_journal() -> bool:
-    """Return whether stderr is the stream systemd connected to the journal."""
+def stream_is_journal(stream: TextIO) -> bool:
+    """Given stdout or stderr, return whether it is the stream systemd connected to the journal."""
     expected = os.environ.get("JOURNAL_STREAM", "")
     device, _, inode = expected.partition(":")
     if not (device.isdigit() and inode.isdigit()):
         return False
     try:
-        status = os.fstat(sys.stderr.fileno())
+        status = os.fstat(stream.fileno())
     except (OSError, ValueError, AttributeError):
         return False
     return (status.st_dev, status.st_ino) == (int(device), int(inode))
+
+
+def stderr_is_journal() -> bool:
+    """Return whether stderr is the stream systemd connected to the journal."""
+    return stream_is_journal(sys.stderr)
+
+
+def stdout_is_journal() -> bool:
+    """
+    Return whether stdout is the journal too (StandardOutput=journal, the
+    default): then a result printed there would repeat, without a priority,
+    what a log record already said.
+    """
+    return stream_is_journal(sys.stdout)
 
 
 @contextlib.contextmanager

@@ -58,6 +58,7 @@ __all__ = [
     "escape_label_value",
     "escape_regex_value",
     "is_known",
+    "round_measured",
 ]
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,18 @@ class Sample:
 def is_known(value: float) -> bool:
     """Given a sample value, return whether it is a real number (not NaN or ±Inf)."""
     return math.isfinite(value)
+
+
+# Six decimals are finer than anything a prober resolves (a ratio of ping
+# counts, a latency in microseconds) and coarse enough that float noise
+# such as 1 - 0.55 = 0.44999999999999996 never reaches an output, the
+# history or the metrics.
+MEASURED_DIGITS = 6
+
+
+def round_measured(value: float) -> float:
+    """Given a measured ratio or number of seconds, return it rounded to what a prober can resolve."""
+    return round(value, MEASURED_DIGITS) if math.isfinite(value) else value
 
 
 def escape_label_value(value: str) -> str:
@@ -261,9 +274,12 @@ class PrometheusClient:
                 f"Prometheus at {self._display_url}: the {self._budget:g}s budget "
                 "(prometheus.timeout) was used up before this query"
             )
+        log.debug("POST %s/api/v1/query query=%s", self._display_url, promql)
         reply = self._exchange(f"{self._base_url}/api/v1/query", promql, remaining)
         document = self._decode(reply)
-        return self._samples(document)
+        samples = self._samples(document)
+        log.debug("Prometheus at %s answered %d series", self._display_url, len(samples))
+        return samples
 
     # --- the HTTP exchange ---------------------------------------------------
 

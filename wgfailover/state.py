@@ -65,11 +65,11 @@ class SwitchRecord:
     def to_json(self) -> dict[str, Any]:
         return {
             "seq": self.seq,
-            "time": self.time,
+            "time": _round_time(self.time),
             "from": self.from_server,
             "to": self.to_server,
             "reason": self.reason,
-            "losses": {name: _finite_or_none(loss) for name, loss in self.losses.items()},
+            "losses": {name: _rounded(loss) for name, loss in self.losses.items()},
         }
 
     @classmethod
@@ -115,6 +115,18 @@ class CurrentServer:
 
 def _finite_or_none(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
+
+
+# Six decimals, as prometheus.round_measured (imported there would pull in
+# requests, which wg-select never needs).
+def _rounded(value: float | None) -> float | None:
+    finite = _finite_or_none(value)
+    return round(finite, 6) if finite is not None else None
+
+
+def _round_time(when: float) -> float:
+    # Milliseconds: what a reader of the history can use; no float noise.
+    return round(when, 3)
 
 
 class StateDir:
@@ -322,7 +334,7 @@ class StateDir:
             return None
 
     def write_last_check(self, record: CheckRecord) -> None:
-        data = {"time": record.time, "loss": _finite_or_none(record.loss), "span": record.span}
+        data = {"time": _round_time(record.time), "loss": _rounded(record.loss), "span": record.span}
         atomic_write(self.file(LAST_CHECK_FILE), (json.dumps(data, sort_keys=True) + "\n").encode())
 
     # --- pending reason -----------------------------------------------------

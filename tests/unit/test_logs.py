@@ -17,7 +17,10 @@ from wgfailover.commands.wg_select import main as wg_select
 from wgfailover.config import load_config
 
 
-def run_with_stderr_file(args: list[str], stderr_path: Path, journal_stream: str | None) -> str:
+def run_with_stderr_file(
+    args: list[str], stderr_path: Path, journal_stream: str | None, stdout_too: bool = False
+) -> str:
+    """Run a command with stderr (and stdout, as StandardOutput=journal does) to a file; return the file."""
     env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "WG_FAILOVER_CONFIG")}
     with open(stderr_path, "wb") as stderr:
         if journal_stream == "this file":
@@ -25,7 +28,8 @@ def run_with_stderr_file(args: list[str], stderr_path: Path, journal_stream: str
             env["JOURNAL_STREAM"] = f"{status.st_dev}:{status.st_ino}"
         elif journal_stream is not None:
             env["JOURNAL_STREAM"] = journal_stream
-        subprocess.run(args, stderr=stderr, stdout=subprocess.DEVNULL, env=env, timeout=60, check=False)
+        stdout = stderr if stdout_too else subprocess.DEVNULL
+        subprocess.run(args, stderr=stderr, stdout=stdout, env=env, timeout=60, check=False)
     return stderr_path.read_text()
 
 
@@ -68,10 +72,58 @@ def test_a_newline_in_a_message_stays_on_one_line(make_config_file: Callable[...
         [*command_argv("wg-failover"), "--config", str(path), "--to", "server3", "--reason", "line1\nline2"],
         tmp_path / "stderr",
         "this file",
+        stdout_too=True,
     )
     switched = [line for line in output.splitlines() if "switched" in line]
     assert len(switched) == 1
-    assert switched[0] == "<6>switched from server1 to server3 (line1\\nline2)"
+    assert switched[0] == "<6>switched from server1 to server3: asked for with --to (reason: line1\\nline2)"
+
+
+def test_under_the_journal_wg_select_logs_its_pick_once_with_a_priority(bad_state_config: Path, tmp_path: Path) -> None:
+    # stdout and stderr are both the journal, as with StandardOutput=journal (the default).
+    output = run_with_stderr_file(
+        [*command_argv("wg-select"), "--config", str(bad_state_config)], tmp_path / "out", "this file", stdout_too=True
+    )
+    lines = output.splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("<4>") and lines[1].startswith("<6>picked server ")
+
+
+def test_under_the_journal_every_line_of_a_switch_has_a_priority_and_none_repeats(
+    make_config_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    path = make_config_file()
+    state = load_config(path).state_dir
+    state.mkdir()
+    (state / "current").write_text("server1\n")
+    output = run_with_stderr_file(
+        [*command_argv("wg-failover"), "--config", str(path), "--to", "server2"], tmp_path / "out", "this file", True
+    )
+    lines = output.splitlines()
+    assert lines and all(line[:3] in ("<6>", "<4>", "<3>") for line in lines), lines
+    assert len(set(lines)) == len(lines)
+    assert sum("server2" in line and "switched" in line for line in lines) == 1
+
+
+def test_on_a_terminal_the_result_goes_to_stdout_and_not_again_to_stderr(
+    make_config_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    path = make_config_file()
+    state = load_config(path).state_dir
+    state.mkdir()
+    (state / "current").write_text("server1\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "WG_FAILOVER_CONFIG")}
+    result = subprocess.run(
+        [*command_argv("wg-failover"), "--config", str(path), "--to", "server2"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0
+    assert "switched from server1 to server2" in result.stdout
+    assert "switched" not in result.stderr
 
 
 @pytest.mark.parametrize("verbose", [False, True])

@@ -1,29 +1,89 @@
-"""What the three commands share: the common options and the one place
-where a library error becomes a one-line message and an exit code."""
+"""What the three commands share: the common options, the one place where
+a library error becomes a one-line message (or, under --json, one JSON
+object) and an exit code, and the one place a result is printed."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
+from click.shell_completion import CompletionItem
 
+from wgfailover import __version__
 from wgfailover.config import CONFIG_ENV_VAR, DEFAULT_CONFIG_PATH, Config, check_referenced_files, load_config
 from wgfailover.errors import ConfigError, ExitCode, WgFailoverError
-from wgfailover.logs import logging_to_stderr
+from wgfailover.logs import logging_to_stderr, stdout_is_journal
 
 log = logging.getLogger("wgfailover")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-EXIT_CODES_HELP = (
-    "Exit codes: 0 done, 1 could not act, 2 usage, 69 health check could not measure "
-    "(Prometheus unreachable), 75 state lock busy, 78 bad configuration."
-)
+# What each command can really return; --help, the README and
+# docs/operations.md list the same (tests/unit/test_docs.py compares them).
+EXIT_CODES: dict[str, dict[int, str]] = {
+    "wg-select": {
+        0: "done",
+        1: "could not act",
+        2: "usage",
+        75: "state lock busy",
+        78: "bad configuration",
+        130: "interrupted",
+    },
+    "wg-failover": {
+        0: "done",
+        1: "could not act",
+        2: "usage",
+        75: "state lock busy",
+        78: "bad configuration",
+        130: "interrupted",
+    },
+    "wg-health-check": {
+        0: "done",
+        1: "could not act",
+        2: "usage",
+        69: "could not measure (Prometheus unreachable)",
+        75: "state lock busy",
+        78: "bad configuration",
+        130: "interrupted",
+    },
+}
+
+
+def exit_codes_help(program: str) -> str:
+    """Given a command's name, return the sentence listing its exit codes."""
+    listed = ", ".join(f"{code} {meaning}" for code, meaning in EXIT_CODES[program].items())
+    return f"Exit codes: {listed}."
+
+
+class Command(click.Command):
+    """
+    A click command that keeps its --json promise when click itself fails:
+    a usage error (exit 2) is printed as the same one JSON object as any
+    other error, so a script reading stdout never gets a usage text.
+    """
+
+    def main(self, args: Sequence[str] | None = None, *pos: Any, **kwargs: Any) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        if "--json" not in argv or kwargs.get("standalone_mode") is False:
+            return super().main(argv, *pos, **kwargs)
+        kwargs["standalone_mode"] = False
+        try:
+            outcome = super().main(argv, *pos, **kwargs)
+        except click.ClickException as error:
+            print_error_json(error.format_message(), error.exit_code)
+            sys.exit(error.exit_code)
+        except click.exceptions.Abort:
+            print_error_json("interrupted", 130)
+            sys.exit(130)
+        # Without standalone mode click returns --help's and --version's exit code.
+        sys.exit(outcome if isinstance(outcome, int) else 0)
 
 
 # Kept in the click context rather than passed to every main(): only
@@ -37,7 +97,8 @@ def _remember_offline(context: click.Context, _parameter: click.Parameter, value
 
 
 def common_options(function: F) -> F:
-    """Add --config, --check-config, --offline and --verbose to a command."""
+    """Add --config, --check-config, --offline, --json, --verbose and --version to a command."""
+    function = click.version_option(__version__, "--version", message="%(prog)s %(version)s")(function)
     function = click.option(
         "--offline",
         is_flag=True,
@@ -49,7 +110,19 @@ def common_options(function: F) -> F:
         ),
     )(function)
     function = click.option(
-        "--verbose", "-v", is_flag=True, help="Log debug details, and tracebacks of internal errors."
+        "--verbose",
+        "-v",
+        is_flag=True,
+        help=(
+            "Log debug details: the files and endpoints used, every PromQL query sent and where, "
+            "and tracebacks of internal errors."
+        ),
+    )(function)
+    function = click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        help='Print one JSON object on stdout, also on failure ({"error": ..., "exit_code": ...}).',
     )(function)
     function = click.option(
         "--check-config",
@@ -69,29 +142,63 @@ def common_options(function: F) -> F:
     return function
 
 
+def print_json(document: dict[str, Any]) -> None:
+    """Print one JSON object on stdout (what --json promises)."""
+    click.echo(json.dumps(document, indent=2))
+
+
+def print_error_json(message: str, exit_code: int, **details: Any) -> None:
+    print_json({"error": message, "exit_code": exit_code, **details})
+
+
+def emit(text: str, level: int = logging.INFO, logged: bool = False) -> None:
+    """
+    Print a command's result on stdout. When stdout is the journal (a
+    systemd unit), write it as log records with their priority instead, or
+    nothing if the library already logged the same event (``logged``): one
+    event, one journal line, never a second copy without a priority.
+    """
+    if not stdout_is_journal():
+        click.echo(text)
+        return
+    if logged:
+        return
+    for line in text.splitlines():
+        log.log(level, "%s", line)
+
+
 @contextlib.contextmanager
-def handle_errors(program: str, verbose: bool) -> Iterator[None]:
+def handle_errors(program: str, verbose: bool, as_json: bool = False) -> Iterator[None]:
     """
     Run the block; turn a WgFailoverError into its one-line message on
-    stderr and its exit code. Anything else is a bug: one line too, with the
-    traceback only under --verbose.
+    stderr (and one JSON object on stdout under --json) and its exit code.
+    Anything else is a bug: one line too, with the traceback only under
+    --verbose.
     """
     with logging_to_stderr(program, verbose):
         try:
             yield
         except WgFailoverError as error:
             log.error("%s", error)
-            sys.exit(int(error.exit_code))
+            details = {"problems": error.problems} if isinstance(error, ConfigError) else {}
+            _exit(int(error.exit_code), str(error), as_json, **details)
         except KeyboardInterrupt:
             log.error("interrupted")
-            sys.exit(130)
+            _exit(130, "interrupted", as_json)
         except (SystemExit, click.exceptions.Exit, click.ClickException):
             raise
         except Exception as error:  # noqa: BLE001 - the last line of defence
-            log.error("internal error: %s: %s (run with --verbose for the traceback)", type(error).__name__, error)
+            message = f"internal error: {type(error).__name__}: {error}"
+            log.error("%s (run with --verbose for the traceback)", message)
             if verbose:
                 log.exception("traceback")
-            sys.exit(int(ExitCode.ACTION_FAILED))
+            _exit(int(ExitCode.ACTION_FAILED), message, as_json)
+
+
+def _exit(code: int, message: str, as_json: bool, **details: Any) -> NoReturn:
+    if as_json:
+        print_error_json(message, code, **details)
+    sys.exit(code)
 
 
 def describe_config(config: Config) -> str:
@@ -100,26 +207,71 @@ def describe_config(config: Config) -> str:
     return f"{config.path}: valid; {len(config.servers)} servers ({names})"
 
 
-def load_or_check(config_path: Path, check_config: bool) -> Config:
+def load_or_check(config_path: Path, check_config: bool, as_json: bool = False) -> Config:
     """
     Load the config. Under --check-config also check the files it names
     (not under --offline), print the summary and exit: 0 when usable, 78
-    when a run would fail. --offline without --check-config is a usage error.
+    when a run would fail, each problem on a line of its own.
+    --offline without --check-config is a usage error.
     """
     context = click.get_current_context(silent=True)
     offline = bool(context and context.meta.get(_OFFLINE))
     if offline and not check_config:
         raise click.UsageError("--offline only applies to --check-config")
     config = load_config(config_path)
-    if check_config and offline:
-        click.echo(describe_config(config) + " (offline: files it names not checked)")
-        sys.exit(0)
+    log_paths(config)
     if check_config:
-        errors, warnings = check_referenced_files(config)
+        errors, warnings = ([], []) if offline else check_referenced_files(config)
         for warning in warnings:
             log.warning("%s", warning)
-        if errors:
-            raise ConfigError(config.path, errors)
-        click.echo(describe_config(config))
-        sys.exit(0)
+        for error in errors:
+            log.error("%s: %s", config.path, error)
+        code = int(ExitCode.CONFIG) if errors else 0
+        if as_json:
+            print_json(
+                {
+                    "config": str(config.path),
+                    "valid": not errors,
+                    "offline": offline,
+                    "servers": config.server_names,
+                    "problems": errors,
+                    "warnings": warnings,
+                    "exit_code": code,
+                }
+            )
+        elif not errors:
+            click.echo(describe_config(config) + (" (offline: files it names not checked)" if offline else ""))
+        sys.exit(code)
     return config
+
+
+def log_paths(config: Config) -> None:
+    """Under --verbose, log every file and endpoint the command will use."""
+    if not log.isEnabledFor(logging.DEBUG):
+        return
+    # Imported here: the endpoint lookup is only needed under --verbose.
+    from wgfailover.servers import resolve_endpoint
+
+    log.debug("config %s", config.path)
+    log.debug(
+        "state_dir %s, active_link %s, textfile_dir %s",
+        config.state_dir,
+        config.active_link,
+        config.textfile_dir or "(unset: no metrics)",
+    )
+    for server in config.servers:
+        try:
+            endpoint = resolve_endpoint(server)
+        except ConfigError as error:
+            endpoint = f"unknown ({error})"
+        log.debug("server %s: config %s, endpoint %s", server.name, server.config_path, endpoint)
+
+
+def complete_server_names(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """Complete --to with the names of the servers in the config given so far (or the default one)."""
+    path = ctx.params.get("config_path") or os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH
+    try:
+        config = load_config(Path(path))
+    except WgFailoverError:
+        return []
+    return [CompletionItem(name) for name in config.server_names if name.startswith(incomplete)]

@@ -2,30 +2,44 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import click
 
-from wgfailover.commands.common import EXIT_CODES_HELP, common_options, handle_errors, load_or_check
+from wgfailover.commands.common import (
+    Command,
+    common_options,
+    complete_server_names,
+    emit,
+    exit_codes_help,
+    handle_errors,
+    load_or_check,
+    print_json,
+)
 from wgfailover.state import StateDir
 
 
 @click.command(
+    cls=Command,
     help=(
         "Rank every other server by the packet loss the external prober sees (one Prometheus query; "
         "near-ties broken by latency, then at random; servers left within failover.hold_down last), "
         "switch the active-config symlink to the best one and restart the tunnel. When Prometheus "
         'cannot be asked the pick is random, unless failover.on_prometheus_error is "fail" (then exit 1). '
-        "With --to NAME, switch to that server without asking Prometheus (the current one: nothing to do). "
-        + EXIT_CODES_HELP
-    )
+        "With --to NAME, switch to that server without waiting for Prometheus (the current one: nothing "
+        "to do); the losses Prometheus has at that moment are still recorded. " + exit_codes_help("wg-failover")
+    ),
 )
 @common_options
 @click.option("--dry-run", is_flag=True, help="Print the ranking and the choice; change nothing.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of a table.")
-@click.option("--to", "to", metavar="NAME", help="Switch to this configured server by hand.")
+@click.option(
+    "--to",
+    "to",
+    metavar="NAME",
+    shell_complete=complete_server_names,
+    help="Switch to this configured server by hand.",
+)
 @click.option(
     "--reason",
     metavar="TEXT",
@@ -37,21 +51,24 @@ from wgfailover.state import StateDir
 def main(
     config_path: Path,
     check_config: bool,
+    as_json: bool,
     verbose: bool,
     dry_run: bool,
-    as_json: bool,
     to: str | None,
     reason: str | None,
 ) -> None:
-    with handle_errors("wg-failover", verbose):
+    with handle_errors("wg-failover", verbose, as_json):
         # Imported here: requests costs ~0.2 s to import, which --help and
         # --check-config should not pay (see docs/performance.md).
         from wgfailover.failover import fail_over, format_report, result_to_json
 
-        config = load_or_check(config_path, check_config)
+        config = load_or_check(config_path, check_config, as_json)
         if to is None and not dry_run:
             # Started by a health check through health.failover_command: its
             # reason, with the loss it saw, replaces this unit's default.
             reason = StateDir(config.state_dir).claim_pending_reason(time.time()) or reason
         result = fail_over(config, reason=reason or ("manual" if to else "failover"), to=to, dry_run=dry_run)
-        click.echo(json.dumps(result_to_json(result), indent=2) if as_json else format_report(result))
+        if as_json:
+            print_json(result_to_json(result))
+        else:
+            emit(format_report(result))

@@ -6,17 +6,26 @@ from pathlib import Path
 
 import click
 
-from wgfailover.commands.common import EXIT_CODES_HELP, common_options, handle_errors, load_or_check
+from wgfailover.commands.common import (
+    Command,
+    common_options,
+    emit,
+    exit_codes_help,
+    handle_errors,
+    load_or_check,
+    print_json,
+)
 
 
 @click.command(
+    cls=Command,
     help=(
         "Measure the tunnel's packet loss since the previous check (never before the last switch) "
         "from the prober inside the VPN namespace. health.max_failures checks in a row above "
         "health.threshold trigger a failover; one good check resets the count. "
         "When Prometheus can't be asked, the count stays as it was, unless health.interface is set: "
-        "then the newest WireGuard handshake decides. " + EXIT_CODES_HELP
-    )
+        "then the newest WireGuard handshake decides. " + exit_codes_help("wg-health-check")
+    ),
 )
 @click.option(
     "--dry-run",
@@ -24,12 +33,15 @@ from wgfailover.commands.common import EXIT_CODES_HELP, common_options, handle_e
     help="Show the loss, the span judged, the count and what would happen; change nothing.",
 )
 @common_options
-def main(config_path: Path, check_config: bool, verbose: bool, dry_run: bool) -> None:
-    with handle_errors("wg-health-check", verbose):
+def main(config_path: Path, check_config: bool, as_json: bool, verbose: bool, dry_run: bool) -> None:
+    with handle_errors("wg-health-check", verbose, as_json):
         # Imported here: requests costs ~0.2 s to import, which --help and
         # --check-config should not pay (see docs/performance.md).
-        from wgfailover.health import check_health
+        from wgfailover.health import check_health, result_level, result_to_json
 
-        config = load_or_check(config_path, check_config)
+        config = load_or_check(config_path, check_config, as_json)
         result = check_health(config, dry_run=dry_run)
-        click.echo(("dry run: " if dry_run else "") + result.message)
+        if as_json:
+            print_json(result_to_json(result))
+        else:
+            emit(("dry run: " if dry_run else "") + result.message, level=result_level(result))

@@ -6,20 +6,33 @@ from pathlib import Path
 
 import click
 
-from wgfailover.commands.common import EXIT_CODES_HELP, common_options, handle_errors, load_or_check
+from wgfailover.commands.common import (
+    Command,
+    common_options,
+    emit,
+    exit_codes_help,
+    handle_errors,
+    load_or_check,
+    print_json,
+)
 from wgfailover.select_server import select_server
 
 
 @click.command(
+    cls=Command,
     help=(
         "Point the active-config symlink at the recorded server, or at a random one on first boot "
-        "or when the recorded name is empty, unknown or its config is missing. "
-        "Run it before the WireGuard unit. " + EXIT_CODES_HELP
-    )
+        "or when the recorded name is empty, unknown or its config is missing. Prints the server's name. "
+        "Run it before the WireGuard unit. " + exit_codes_help("wg-select")
+    ),
 )
 @common_options
-def main(config_path: Path, check_config: bool, verbose: bool) -> None:
-    with handle_errors("wg-select", verbose):
-        config = load_or_check(config_path, check_config)
+def main(config_path: Path, check_config: bool, as_json: bool, verbose: bool) -> None:
+    with handle_errors("wg-select", verbose, as_json):
+        config = load_or_check(config_path, check_config, as_json)
         selection = select_server(config)
-        click.echo(selection.server)
+        if as_json:
+            print_json({"server": selection.server, "restored": selection.restored, "problem": selection.problem})
+        else:
+            # select_server logged "restored ..." or "picked ...": under systemd that is the one journal line.
+            emit(selection.server, logged=True)
