@@ -26,8 +26,18 @@
       # works the same with or without the flake.
       nixosModules.default = ./nixos-module.nix;
 
-      checks = forAllSystems (system: {
-        package = self.packages.${system}.default;
-      });
+      # The package (with its unit tests), and the module evaluated with this
+      # nixpkgs: a system built with it, and each mistake refused with its
+      # message (tests/nix/module-checks.nix).
+      checks = forAllSystems (
+        system:
+        {
+          package = self.packages.${system}.default;
+        }
+        // import ./tests/nix/module-checks.nix {
+          inherit nixpkgs system;
+          module = self.nixosModules.default;
+        }
+      );
     };
 }

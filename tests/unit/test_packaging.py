@@ -3,8 +3,9 @@
 Each check runs the real tool that judges the file (nix-instantiate,
 systemd-analyze, promtool) and skips, saying which tool is missing, where it
 is not installed. The NixOS module is evaluated for real with nixpkgs'
-lib.evalModules when WGF_NIXPKGS_LIB points at a nixpkgs `lib` directory
-(e.g. a checkout of nix-community/nixpkgs.lib: WGF_NIXPKGS_LIB=/path/lib).
+lib.evalModules, from WGF_NIXPKGS_LIB or else ../shared/nixpkgs-lib/lib
+beside the checkout (nix-community/nixpkgs.lib, where CI puts it); only
+where neither exists do those tests skip, saying so.
 """
 
 from __future__ import annotations
@@ -229,81 +230,22 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
 
 # --- The NixOS module, evaluated ---------------------------------------------
 
-# Evaluates nixos-module.nix with the real lib.evalModules, a stub `pkgs` and
-# stub declarations of the NixOS options the module sets. formats.toml keeps
-# nixpkgs' value type; its `generate` writes TOML with a small writer instead
-# of remarshal, and `runCommand` writes down the script it would run, so the
-# test can run that exact script against the real tool (`build_stub`). The
+# Evaluates nixos-module.nix with the real lib.evalModules and the stand-ins
+# of tests/nix/stub-nixos.nix for NixOS's options and nixpkgs' packages. The
 # package's bin/ holds wrappers that run the installed console scripts.
+NIX_TESTS = ROOT / "tests" / "nix"
 HARNESS = r"""
-{ libPath, modulePath, packagePath, configJSON }:
+{ libPath, stubPath, modulePath, packagePath, configJSON }:
 let
   lib = import libPath;
-  inherit (lib) mkOption types;
-  stubDrv = name: { type = "derivation"; inherit name; outPath = "/stub/${name}"; meta = { }; };
-  tomlValue = types.nullOr (types.oneOf [ types.bool types.int types.float types.str types.path
-    (types.attrsOf tomlValue) (types.listOf tomlValue) ]) // { description = "TOML value"; };
-  # JSON scalars and arrays of them are valid TOML values; tables become headers.
-  toTOML = let
-    render = path: attrs:
-      let
-        tables = lib.filterAttrs (_: builtins.isAttrs) attrs;
-        values = lib.filterAttrs (_: value: !builtins.isAttrs value) attrs;
-      in
-      lib.optionalString (path != [ ]) "[${lib.concatMapStringsSep "." builtins.toJSON path}]\n"
-      + lib.concatStrings (lib.mapAttrsToList (key: value: "${builtins.toJSON key} = ${builtins.toJSON value}\n") values)
-      + lib.concatStrings (lib.mapAttrsToList (key: table: "\n" + render (path ++ [ key ]) table) tables);
-  in render [ ];
-  pkgs = {
-    formats.toml = { }: {
-      type = types.attrsOf tomlValue;
-      generate = name: value: builtins.toFile name (toTOML value);
-    };
-    runCommand = name: env: script: builtins.toFile name (builtins.toJSON { runCommand = name; inherit script; });
-    callPackage = _: _: { type = "derivation"; name = "wg-failover"; outPath = packagePath; meta = { }; };
-    prometheus-smokeping-prober = stubDrv "prometheus-smokeping-prober";
-    iproute2 = stubDrv "iproute2";
-    wireguard-tools = stubDrv "wireguard-tools";
-  };
-  utils.escapeSystemdExecArgs = lib.concatStringsSep " ";
-  # Like nixpkgs' unitOption: lists concatenate, scalars must agree.
-  unitScalar = types.oneOf [ types.bool types.int types.str types.path ];
-  unitOption = types.either unitScalar (types.listOf unitScalar);
-  strs = mkOption { type = types.listOf types.str; default = [ ]; };
-  unit = types.submodule {
-    freeformType = types.attrsOf types.anything;
-    options = {
-      after = strs; before = strs; wants = strs; wantedBy = strs; partOf = strs; onFailure = strs;
-      script = mkOption { type = types.lines; default = ""; };
-      path = mkOption { type = types.listOf types.package; default = [ ]; };
-      serviceConfig = mkOption { type = types.attrsOf unitOption; default = { }; };
-      unitConfig = mkOption { type = types.attrsOf unitOption; default = { }; };
-      timerConfig = mkOption { type = types.attrsOf unitOption; default = { }; };
-    };
-  };
-  stubOptions.options = {
-    assertions = mkOption { type = types.listOf types.unspecified; default = [ ]; };
-    environment.etc = mkOption { type = types.attrsOf (types.attrsOf types.anything); default = { }; };
-    environment.systemPackages = mkOption { type = types.listOf types.package; default = [ ]; };
-    systemd.package = mkOption { type = types.package; default = stubDrv "systemd"; };
-    systemd.packages = mkOption { type = types.listOf types.package; default = [ ]; };
-    systemd.tmpfiles.rules = strs;
-    systemd.services = mkOption { type = types.attrsOf unit; default = { }; };
-    systemd.timers = mkOption { type = types.attrsOf unit; default = { }; };
-    services.prometheus.exporters.smokeping = {
-      enable = mkOption { type = types.bool; default = false; };
-      hosts = strs;
-    };
-  };
+  stub = import stubPath { inherit lib packagePath; };
   config' = builtins.fromJSON configJSON;
   inherit (lib.evalModules {
-    modules = [
-      stubOptions
+    modules = stub.modules ++ [
       modulePath
-      { _module.args = { inherit pkgs utils; }; }
       (removeAttrs config' [ "useWireguardToolsUnits" ])
       # JSON cannot name a package: this flag puts wireguard-tools in systemd.packages.
-      { systemd.packages = lib.optional (config'.useWireguardToolsUnits or false) pkgs.wireguard-tools; }
+      { systemd.packages = lib.optional (config'.useWireguardToolsUnits or false) stub.pkgs.wireguard-tools; }
     ];
   }) config;
 in
@@ -399,6 +341,7 @@ def evaluate(tmp_path_factory: pytest.TempPathFactory, package_dir: Path, nixpkg
         result = run(
             [nix_instantiate, "--eval", "--strict", "--json", "--read-write-mode", str(harness),
              "--arg", "libPath", str(nixpkgs_lib),
+             "--arg", "stubPath", str(NIX_TESTS / "stub-nixos.nix"),
              "--arg", "modulePath", str(ROOT / "nixos-module.nix"),
              "--argstr", "packagePath", str(package_dir),
              "--argstr", "configJSON", json.dumps(config)]
@@ -485,6 +428,46 @@ def test_nixpkgs_lib_defaults_to_shared_beside_the_repository() -> None:
     assert found.parts[-3:] == ("shared", "nixpkgs-lib", "lib")
 
 
+MISTAKES = json.loads((NIX_TESTS / "module-mistakes.json").read_text())
+
+
+def merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Given two JSON objects, return base with extra merged in, table by table (as Nix modules merge)."""
+    result = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merged(result[key], value)
+        else:
+            result[key] = value
+    return result
+
+
+def test_the_mistakes_base_config_is_accepted_with_nixpkgs_wg_quick(evaluate: Evaluate) -> None:
+    result = evaluate(MISTAKES["base"])
+    assert result["failedAssertions"] == []
+    assert result["services"]["wg-quick-wg0"]["onFailure"] == ["wg-failover.service"]
+    assert result["services"]["wg-select"]["before"] == ["wg-quick-wg0.service"]
+    assert result["services"]["prometheus-smokeping-vpn"]["partOf"] == ["wg-quick-wg0.service"]
+
+
+@pytest.mark.parametrize("name", sorted(MISTAKES["assertions"]))
+def test_module_mistake_fails_evaluation_with_its_message(evaluate: Evaluate, name: str) -> None:
+    case = MISTAKES["assertions"][name]
+    assert evaluate(merged(MISTAKES["base"], case["config"]))["failedAssertions"] == [case["message"]]
+
+
+@pytest.mark.parametrize("name", sorted(MISTAKES["builds"]))
+def test_module_mistake_fails_the_build_with_the_tools_message(evaluate: Evaluate, name: str, tmp_path: Path) -> None:
+    case = MISTAKES["builds"][name]
+    result = evaluate(merged(MISTAKES["base"], case["config"]))
+    assert result["failedAssertions"] == []  # the tool's validator decides, at build time
+    for unit in OWN_UNITS:
+        built = build_stub(config_file(result["services"][unit]), tmp_path / unit)
+        assert built.returncode == case["exitCode"]
+        assert built.stderr.endswith(f": {case['stderr']}\n")
+        assert not (tmp_path / unit).exists()
+
+
 def test_module_wires_units_like_the_original(evaluate: Evaluate, package_dir: Path) -> None:
     result = evaluate(BASE_CONFIG)
     assert result["failedAssertions"] == []
@@ -561,12 +544,6 @@ def test_module_merges_a_server_given_in_both_places(evaluate: Evaluate) -> None
     }
 
 
-def test_module_with_no_server_anywhere_is_refused(evaluate: Evaluate) -> None:
-    assert evaluate(with_options(servers={}))["failedAssertions"] == [
-        "services.wg-failover.servers must name at least one server."
-    ]
-
-
 def test_module_follows_the_tunnel_unit_name(evaluate: Evaluate) -> None:
     config = with_options(tunnelUnit="wg-quick-wg0")
     config["systemd"]["services"] = {"wg-quick-wg0": {"script": "wg-quick up wg0"}}
@@ -595,31 +572,6 @@ def test_module_accepts_wg_quick_template_units_from_wireguard_tools(evaluate: E
     ]
     config["useWireguardToolsUnits"] = True
     assert evaluate(config)["failedAssertions"] == []
-
-
-def test_module_refuses_a_tunnel_unit_that_starts_nothing(evaluate: Evaluate) -> None:
-    config = with_options(tunnelUnit="wg-quick-wg1")
-    config["systemd"]["services"] = {"wg-quick-wg0": {"script": "wg-quick up wg0"}}
-    assert evaluate(config)["failedAssertions"] == [
-        'services.wg-failover.tunnelUnit = "wg-quick-wg1": no such service starts anything'
-        " (systemd.services.wg-quick-wg1 has no ExecStart= or script). Services that do: wg-quick-wg0."
-    ]
-
-
-def test_module_refuses_a_tunnel_unit_with_the_service_suffix(evaluate: Evaluate) -> None:
-    config = with_options(tunnelUnit="wg-quick-wg0.service")
-    config["systemd"]["services"] = {"wg-quick-wg0": {"script": "wg-quick up wg0"}}
-    assert evaluate(config)["failedAssertions"] == [
-        'services.wg-failover.tunnelUnit = "wg-quick-wg0.service": give the unit name without ".service"'
-        ' (tunnelUnit = "wg-quick-wg0").'
-    ]
-
-
-def test_module_refuses_its_own_unit_as_the_tunnel(evaluate: Evaluate) -> None:
-    assert evaluate(with_options(tunnelUnit="wg-failover"))["failedAssertions"] == [
-        'services.wg-failover.tunnelUnit = "wg-failover" is one of wg-failover\'s own units;'
-        " name the service that runs the WireGuard tunnel."
-    ]
 
 
 @pytest.mark.parametrize(
@@ -654,18 +606,6 @@ def test_every_rendered_config_is_the_output_of_the_tools_offline_check(evaluate
         assert script[1] == f'cp {check[-1]} "$out"'
 
 
-def test_a_typo_in_settings_fails_the_build_with_the_close_key(evaluate: Evaluate, tmp_path: Path) -> None:
-    config = with_options()
-    settings_of(config)["health"] = {"treshold": 0.1}
-    result = evaluate(config)
-    assert result["failedAssertions"] == []  # settings are freeform: the tool's validator decides
-    for unit in OWN_UNITS:
-        built = build_stub(config_file(result["services"][unit]), tmp_path / unit)
-        assert built.returncode == 78
-        assert built.stderr.endswith(": health.treshold: unknown key (did you mean 'health.threshold'?)\n")
-        assert not (tmp_path / unit).exists()
-
-
 def test_a_wrong_type_in_settings_fails_the_build(evaluate: Evaluate, tmp_path: Path) -> None:
     config = with_options()
     settings_of(config)["failover"] = {"label": 7}
@@ -696,18 +636,6 @@ def test_module_hardens_units_and_opens_only_needed_paths(evaluate: Evaluate) ->
     assert result["tmpfiles"] == [
         "d /run/wg-failover 0755 root root -",
         "d /var/lib/node-exporter-text 0755 root root -",
-    ]
-
-
-@pytest.mark.parametrize("link", ["/run/wg-active.conf", "/etc/wg0.conf", "/wg.conf"])
-def test_module_refuses_a_link_in_a_shared_directory(evaluate: Evaluate, link: str) -> None:
-    config = with_options()
-    settings_of(config)["active_link"] = link
-    directory = os.path.dirname(link)
-    assert evaluate(config)["failedAssertions"] == [
-        f'services.wg-failover.settings.active_link = "{link}": put the link in a directory of its own'
-        " (e.g. /run/wg-failover/active.conf); the units may write its whole directory,"
-        f" and {directory} is shared with other services."
     ]
 
 
@@ -753,9 +681,61 @@ def test_module_runs_the_internal_prober_in_the_main_namespace_when_netns_is_nul
     assert prober["partOf"] == ["wg.service"]
 
 
-def test_module_external_prober_needs_every_endpoint(evaluate: Evaluate) -> None:
-    config = with_options(servers={"server1": {"endpoint": "203.0.113.10"}, "server2": {}})
-    config["services"]["wg-failover"]["probers"] = {"external": {"enable": True}}
-    assert evaluate(config)["failedAssertions"] == [
-        "services.wg-failover.probers.external needs an endpoint for every server; missing for: server2."
+def test_module_with_no_server_anywhere_is_refused(evaluate: Evaluate) -> None:
+    assert evaluate(with_options(servers={}))["failedAssertions"] == [
+        "services.wg-failover.servers must name at least one server."
     ]
+
+
+# The flake's checks (tests/nix/module-checks.nix) with the stand-in nixpkgs:
+# each check's script, which the test runs as the builder would.
+FLAKE_CHECKS_HARNESS = r"""
+{ libPath, stubPath, checksPath, modulePath, packagePath, buildFailureDir }:
+let
+  lib = import libPath;
+  stub = import stubPath { inherit lib packagePath buildFailureDir; };
+  checks = import checksPath { nixpkgs = stub.nixpkgs "x86_64-linux"; system = "x86_64-linux"; module = modulePath; };
+in
+lib.mapAttrs (name: check: if name == "module-system" then check.name else "${check}") checks
+"""
+
+
+def test_the_flake_checks_refuse_every_mistake_as_the_unit_tests_do(
+    nixpkgs_lib: Path, package_dir: Path, tmp_path: Path
+) -> None:
+    nix_instantiate = require("nix-instantiate")
+    harness = tmp_path / "flake-checks.nix"
+    harness.write_text(FLAKE_CHECKS_HARNESS)
+    failures = tmp_path / "build-failures"
+    result = run(
+        [nix_instantiate, "--eval", "--strict", "--json", "--read-write-mode", str(harness),
+         "--arg", "libPath", str(nixpkgs_lib), "--arg", "stubPath", str(NIX_TESTS / "stub-nixos.nix"),
+         "--arg", "checksPath", str(NIX_TESTS / "module-checks.nix"),
+         "--arg", "modulePath", str(ROOT / "nixos-module.nix"),
+         "--argstr", "packagePath", str(package_dir), "--argstr", "buildFailureDir", str(failures)]
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    checks = json.loads(result.stdout)
+    expected = {f"module-{name}" for name in [*MISTAKES["assertions"], *MISTAKES["builds"]]}
+    assert set(checks) == {"module-system"} | expected
+    assert checks.pop("module-system") == "toplevel"
+    for name, check in checks.items():
+        script = json.loads(Path(check).read_text())["script"]
+        exit_file = re.search(rf"{re.escape(str(failures))}/([^/]+)/testBuildFailure.exit", script)
+        if exit_file is not None:
+            # As testBuildFailure: build the failing derivation, keep its exit code and log.
+            failed = failures / exit_file.group(1)
+            failed.mkdir(parents=True)
+            inner = build_stub(Path(builtins_store_dir()) / exit_file.group(1), tmp_path / f"{name}-inner")
+            (failed / "testBuildFailure.exit").write_text(f"{inner.returncode}\n")
+            (failed / "testBuildFailure.log").write_text(inner.stdout + inner.stderr)
+        built = build_stub(Path(check), tmp_path / name)
+        assert built.returncode == 0, f"{name}: {built.stderr}"
+
+
+def builtins_store_dir() -> str:
+    """Return the Nix store directory builtins.toFile writes to."""
+    result = run([require("nix-instantiate"), "--eval", "--json", "--expr", "builtins.storeDir"])
+    assert result.returncode == 0, result.stderr
+    store_dir: str = json.loads(result.stdout)
+    return store_dir
