@@ -24,7 +24,7 @@ from wgfailover.errors import ActionError, ConfigError, PrometheusError, UsageEr
 from wgfailover.logs import one_line
 from wgfailover.prometheus import Sample, escape_regex_value, round_measured
 from wgfailover.prometheus_pool import open_prometheus
-from wgfailover.ranking import Measurement, RankedServer, first_choice, rank_servers
+from wgfailover.ranking import Measurement, RankedServer, better_than_chosen, first_choice, rank_servers
 from wgfailover.servers import Server, resolve_endpoint
 from wgfailover.state import StateDir, SwitchRecord
 from wgfailover.switch import switch_to
@@ -286,17 +286,30 @@ def _decide(
         if to in unusable:
             raise ActionError(f"cannot switch to {to}: its WireGuard config {target.config_path} does not exist")
         already = f"already using {to}; nothing to do" if to == current.name else None
-        if already and not dry_run:
+        endpoints = _endpoints(config.servers, skip=set(unusable), warn=False)
+        measurements: list[Measurement] = []
+        error = None
+        if already:
             log.debug("%s", already)  # the result says it
+        else:
+            # Asked, not waited on: the switch is made whatever Prometheus
+            # says, but the history (and the loss panel, and the
+            # all-servers-lossy alert) keep every server's loss at that moment.
+            measurements, error = _measure(config, endpoints, remember=not dry_run)
+            if error is not None:
+                log.info("%s; switching without recording the servers' losses", error)
+            else:
+                _warn_if_lossier(measurements, to, config.failover.tie_epsilon)
         return FailoverResult(
-            rows=tuple(_manual_rows(config, current.name, to)),
+            rows=tuple(_manual_rows(config, current.name, to, measurements)),
             choice=to,
             from_server=current.name,
             reason=reason,
-            used_prometheus=False,
+            used_prometheus=bool(measurements),
             record=None,
-            endpoints=_endpoints(config.servers, skip=set(unusable), warn=False),
+            endpoints=endpoints,
             dry_run=dry_run,
+            prometheus_error=error,
             skipped=already,
         )
 
@@ -383,14 +396,33 @@ def _measure(
     return read_measurements(samples, config.failover.label, endpoints), None
 
 
-def _manual_rows(config: Config, current: str | None, to: str) -> Iterable[RankedServer]:
-    """Given a switch by hand, return the rows to show: the target first, then the others."""
-    yield RankedServer(name=to, loss=None, latency=None, rank=1, reason="asked for with --to")
+def _manual_rows(
+    config: Config, current: str | None, to: str, measurements: Sequence[Measurement]
+) -> Iterable[RankedServer]:
+    """Given a switch by hand and what Prometheus measured, return the rows to show: the target first."""
+    by_name = {m.name: m for m in measurements}
+
+    def row(name: str, rank: int | None, why: str) -> RankedServer:
+        measured = by_name.get(name, Measurement(name))
+        return RankedServer(name=name, loss=measured.loss, latency=measured.latency, rank=rank, reason=why)
+
+    yield row(to, 1, "asked for with --to")
     for server in config.servers:
-        if server.name == to:
-            continue
-        why = "current" if server.name == current else "not asked for"
-        yield RankedServer(name=server.name, loss=None, latency=None, rank=None, reason=why)
+        if server.name != to:
+            yield row(server.name, None, "current" if server.name == current else "not asked for")
+
+
+def _warn_if_lossier(measurements: Sequence[Measurement], to: str, tie_epsilon: float) -> None:
+    best = better_than_chosen(measurements, to, tie_epsilon)
+    if best is not None and best.loss is not None:
+        chosen = next(m for m in measurements if m.name == to)
+        log.warning(
+            "%s loses %s now, more than %s (%s); switching to it as asked",
+            to,
+            _percent(chosen.loss),
+            best.name,
+            _percent(best.loss),
+        )
 
 
 def _tagged(expression: str, metric: str) -> str:

@@ -369,7 +369,7 @@ def check_health(
         decision = decide(before, measurement, health)
         state.write_failures(decision.failures)
         state.write_last_check(CheckRecord(time=now, loss=measurement.loss, span=measurement.span))
-        write_metrics(config.textfile_dir, state, config.server_names)
+        write_metrics(config.textfile_dir, state, config.servers)
 
     result = result_of(before, decision)
     if decision.outcome != FAILOVER:

@@ -2,23 +2,34 @@
 
 The file is rendered from the state directory every time a command changes
 it, never patched, so it cannot go stale after a failover (the original
-wrote ``vpn_server_info`` once at boot). Every value is a gauge: the
-commands are oneshots, so a counter would restart from zero on each run.
+wrote ``vpn_server_info`` once at boot). Values are gauges, except the
+switch count: it is the history's sequence number, which survives every
+run and every truncation of the history, so it is a true counter and
+``increase()`` or a difference counts switches exactly.
+
+Labels stay bounded: server names and endpoints come from the config, and
+the last switch's reason appears on one info series at a time, so a
+host exposes one series per label set it currently holds.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
-from wgfailover.errors import StateError
+from wgfailover.errors import ConfigError, StateError
 from wgfailover.fsutil import atomic_write, remove_stale_temps
+from wgfailover.logs import one_line
+from wgfailover.servers import Server, resolve_endpoint
 from wgfailover.state import StateDir
 
 log = logging.getLogger(__name__)
 
 TEXTFILE_NAME = "wg_failover.prom"
+# A reason is free text (--reason); cut so one label stays one readable line.
+_MAX_REASON_CHARS = 120
 
 
 def _escape(value: str) -> str:
@@ -35,27 +46,54 @@ def _number(value: float) -> str:
     return repr(float(value))
 
 
-def _family(name: str, help_text: str, samples: list[tuple[str, float]]) -> list[str]:
-    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+def _family(name: str, help_text: str, samples: list[tuple[str, float]], kind: str = "gauge") -> list[str]:
+    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
     lines += [f"{name}{labels} {_number(value)}" for labels, value in samples]
     return lines
 
 
-def render_metrics(state: StateDir, server_names: list[str]) -> str:
+def _labels(**values: str) -> str:
+    return "{" + ",".join(f'{name}="{_escape(value)}"' for name, value in values.items()) + "}"
+
+
+def _reason_label(reason: str) -> str:
+    text = one_line(reason)
+    return text if len(text) <= _MAX_REASON_CHARS else text[: _MAX_REASON_CHARS - 3] + "..."
+
+
+def _server_endpoints(servers: Sequence[Server]) -> list[tuple[str, str]]:
+    """Given the servers, return (name, endpoint) for those whose endpoint is known."""
+    pairs = []
+    for server in servers:
+        try:
+            pairs.append((server.name, resolve_endpoint(server)))
+        except ConfigError:
+            continue  # its config is missing: no endpoint to name
+    return pairs
+
+
+def render_metrics(state: StateDir, servers: Sequence[Server]) -> str:
     """Given the state directory and the configured servers, return the textfile's content."""
-    current = state.read_current(server_names).name
+    current = state.read_current([server.name for server in servers]).name
     last_switch = state.last_switch()
     last_check = state.read_last_check()
     lines: list[str] = []
     lines += _family(
         "vpn_server_info",
         "The VPN server the tunnel is configured for (1 on the active one).",
-        [(f'{{server="{_escape(current)}"}}', 1)] if current else [],
+        [(_labels(server=current), 1)] if current else [],
     )
     lines += _family(
-        "wg_failover_switches",
+        "wg_failover_server_endpoint_info",
+        # `host`: the label smokeping_prober gives each target, so a dashboard joins on it.
+        "Each configured server's endpoint (host), to show server names on the prober's per-host series.",
+        [(_labels(server=name, host=endpoint), 1) for name, endpoint in _server_endpoints(servers)],
+    )
+    lines += _family(
+        "wg_failover_switches_total",
         "Switches of the active server recorded in the history, ever.",
         [("", last_switch.seq if last_switch else 0)],
+        kind="counter",
     )
     if last_switch:
         lines += _family(
@@ -64,13 +102,25 @@ def render_metrics(state: StateDir, server_names: list[str]) -> str:
             [("", last_switch.time)],
         )
         lines += _family(
+            "wg_failover_last_switch_info",
+            "The last switch: the server left, the server chosen and why (1; one series at a time).",
+            [
+                (
+                    _labels(
+                        **{
+                            "from": last_switch.from_server or "none",
+                            "to": last_switch.to_server,
+                            "reason": _reason_label(last_switch.reason),
+                        }
+                    ),
+                    1,
+                )
+            ],
+        )
+        lines += _family(
             "wg_failover_server_loss_ratio",
             "Packet loss of each server as seen by the external prober when the last switch was decided.",
-            [
-                (f'{{server="{_escape(name)}"}}', loss)
-                for name, loss in sorted(last_switch.losses.items())
-                if loss is not None
-            ],
+            [(_labels(server=name), loss) for name, loss in sorted(last_switch.losses.items()) if loss is not None],
         )
     lines += _family(
         "wg_failover_health_consecutive_failures",
@@ -92,7 +142,7 @@ def render_metrics(state: StateDir, server_names: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_metrics(textfile_dir: Path | None, state: StateDir, server_names: list[str]) -> bool:
+def write_metrics(textfile_dir: Path | None, state: StateDir, servers: Sequence[Server]) -> bool:
     """
     Given the textfile directory (None: metrics disabled), rewrite
     wg_failover.prom there from the state (call under the state lock). Mode
@@ -103,7 +153,7 @@ def write_metrics(textfile_dir: Path | None, state: StateDir, server_names: list
     """
     if textfile_dir is None:
         return False
-    content = render_metrics(state, server_names)
+    content = render_metrics(state, servers)
     remove_stale_temps(textfile_dir / TEXTFILE_NAME)
     try:
         atomic_write(textfile_dir / TEXTFILE_NAME, content.encode(), mode=0o644)

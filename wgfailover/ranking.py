@@ -188,6 +188,24 @@ def is_healthy(loss: float | None, threshold: float) -> bool:
     return loss is not None and loss <= threshold
 
 
+def better_than_chosen(measurements: Iterable[Measurement], chosen: str, tie_epsilon: float) -> Measurement | None:
+    """
+    Given every server's measurement, the server chosen by hand and the
+    near-tie margin, return the least lossy other server if its loss is
+    lower than the chosen one's by more than tie_epsilon; else None (also
+    when the chosen server's loss is unknown: nothing to compare).
+    """
+    by_name = {m.name: m for m in measurements}
+    target = by_name.get(chosen)
+    if target is None or target.loss is None:
+        return None
+    others = [m for m in by_name.values() if m.name != chosen and m.loss is not None]
+    best = min(others, key=lambda m: (m.loss, m.name), default=None)
+    if best is None or best.loss is None or target.loss - best.loss <= tie_epsilon + _SLACK:
+        return None
+    return best
+
+
 def first_choice(rows: Iterable[RankedServer]) -> RankedServer | None:
     """Given a ranking, return its rank-1 row, or None if nothing can be chosen."""
     return next((row for row in rows if row.rank == 1), None)

@@ -63,7 +63,7 @@ def switch_to(
     record = state.append_history(time=now, from_server=from_server, to_server=to_server, reason=reason, losses=losses)
     # Evidence gathered against the old server says nothing about the new one.
     state.write_failures(0)
-    write_metrics(config.textfile_dir, state, config.server_names)
+    write_metrics(config.textfile_dir, state, config.servers)
     # Debug: the command's own result line says it, once (one journal line per event).
     log.debug("switched from %s to %s (%s)", from_server or "none", to_server, reason)
     run_command(config.restart_command, config.restart_timeout, "restarting the tunnel failed")

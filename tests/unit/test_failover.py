@@ -412,11 +412,14 @@ def test_a_failed_restart_is_an_action_error_after_the_switch_is_recorded(tmp_pa
     assert StateDir(config.state_dir).read_current(config.server_names).name == "server3"
 
 
-def test_to_switches_by_hand_without_asking_prometheus(tmp_path: Path, requests_mock: Any) -> None:
+def test_to_switches_by_hand_and_records_every_servers_loss_at_that_moment(
+    tmp_path: Path, requests_mock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     config = make_config(tmp_path)
     set_current(config, "server1")
+    requests_mock.post(QUERY_URL, json=answer(("192.0.2.1", "loss", 1), ("192.0.2.2", "loss", 0.1)))
     result = run(config, to="server3", reason="manual")
-    assert requests_mock.call_count == 0
+    assert requests_mock.call_count == 1
     assert result.choice == "server3"
     assert ranked(result) == [
         ("server3", 1, "asked for with --to"),
@@ -424,7 +427,40 @@ def test_to_switches_by_hand_without_asking_prometheus(tmp_path: Path, requests_
         ("server2", None, "not asked for"),
     ]
     assert result.record is not None and result.record.reason == "manual"
+    assert result.record.losses == {"server1": 1.0, "server2": 0.1, "server3": None}
     assert os.readlink(config.active_link) == str(config.config_dir / "server3")
+    assert "lose" not in caplog.text  # server3's loss is unknown: nothing to compare
+
+
+def test_to_a_lossier_server_warns_and_still_switches(
+    tmp_path: Path, requests_mock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = make_config(tmp_path)
+    set_current(config, "server1")
+    requests_mock.post(
+        QUERY_URL, json=answer(("192.0.2.1", "loss", 1), ("192.0.2.2", "loss", 0), ("192.0.2.3", "loss", 0.42))
+    )
+    result = run(config, to="server3", reason="manual")
+    assert result.record is not None and result.record.to_server == "server3"
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "server3 loses 42.0% now, more than server2 (0.0%); switching to it as asked"
+    ]
+
+
+def test_to_switches_without_losses_when_prometheus_cannot_be_asked(tmp_path: Path, requests_mock: Any) -> None:
+    config = make_config(tmp_path)
+    set_current(config, "server1")
+    requests_mock.post(QUERY_URL, exc=requests.ConnectionError("refused"))
+    result = run(config, to="server3", reason="manual")
+    assert result.record is not None and result.record.to_server == "server3"
+    assert result.record.losses == {}
+
+
+def test_to_the_server_already_in_use_asks_nothing(tmp_path: Path, requests_mock: Any) -> None:
+    config = make_config(tmp_path)
+    set_current(config, "server3")
+    run(config, to="server3", reason="manual")
+    assert requests_mock.call_count == 0
 
 
 def test_to_an_unknown_server_is_a_usage_error_listing_the_names(tmp_path: Path) -> None:

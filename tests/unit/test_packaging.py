@@ -36,7 +36,9 @@ SYSTEM_UNIT_DIR = Path("/usr/lib/systemd/system")
 
 TEXTFILE_METRICS = [
     "vpn_server_info",
-    "wg_failover_switches",
+    "wg_failover_switches_total",
+    "wg_failover_last_switch_info",
+    "wg_failover_server_endpoint_info",
     "wg_failover_last_switch_timestamp_seconds",
     "wg_failover_server_loss_ratio",
     "wg_failover_health_consecutive_failures",
@@ -203,9 +205,103 @@ def test_dashboard_shows_every_textfile_metric() -> None:
     assert missing == []
 
 
-def test_dashboard_marks_switches_as_annotations() -> None:
-    annotations = load_dashboard()["annotations"]["list"]
-    assert any("vpn_server_info" in a["expr"] and a["enable"] for a in annotations)
+def switch_annotation() -> dict[str, Any]:
+    (annotation,) = [a for a in load_dashboard()["annotations"]["list"] if a["name"] == "Switches"]
+    return annotation
+
+
+def test_dashboard_marks_switches_as_annotations_that_say_why() -> None:
+    annotation = switch_annotation()
+    assert annotation["enable"]
+    assert "wg_failover_last_switch_info" in annotation["expr"]
+    assert "{{reason}}" in annotation["textFormat"]
+
+
+# Four switches between two scrapes, the last one a health check's. The
+# info series carries the reason; the counter says when it changed.
+PROMTOOL_SERIES = [
+    {"series": 'wg_failover_switches_total{instance="host:9100",job="node"}', "values": "0 0 0 4 4 4 4 4"},
+    {
+        "series": 'wg_failover_last_switch_timestamp_seconds{instance="host:9100",job="node"}',
+        "values": "0 0 0 170 170 170 170 170",
+    },
+    {
+        "series": 'wg_failover_last_switch_info{instance="host:9100",job="node",from="server1",to="server2",'
+        'reason="health-check: loss 1 > 0.15 for 3 checks"}',
+        "values": "_ _ _ 1 1 1 1 1",
+    },
+]
+
+
+def promtool_test(tmp_path: Path, test: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    promtool = require("promtool")
+    test_file = tmp_path / "test.yml"
+    # YAML is a superset of JSON: no YAML library needed.
+    test_file.write_text(
+        json.dumps(
+            {
+                "rule_files": [str(ROOT / "docs" / "alert-rules.yml")],
+                "evaluation_interval": "1m",
+                "tests": [{"interval": "1m", "input_series": PROMTOOL_SERIES, **test}],
+            }
+        )
+    )
+    return run([promtool, "test", "rules", str(test_file)])
+
+
+def test_the_switch_annotation_query_returns_the_reason_at_the_switch_only(tmp_path: Path) -> None:
+    expr = switch_annotation()["expr"].replace("$instance", "host")
+    reason_series = {
+        "labels": 'wg_failover_last_switch_info{instance="host:9100",job="node",from="server1",to="server2",'
+        'reason="health-check: loss 1 > 0.15 for 3 checks"}',
+        "value": 1,
+    }
+    result = promtool_test(
+        tmp_path,
+        {
+            "promql_expr_test": [
+                {"expr": expr, "eval_time": "3m", "exp_samples": [reason_series]},
+                {"expr": expr, "eval_time": "7m", "exp_samples": []},
+            ]
+        },
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_flapping_counts_every_switch_even_several_between_two_scrapes(tmp_path: Path) -> None:
+    result = promtool_test(
+        tmp_path,
+        {
+            "promql_expr_test": [
+                # What the alert used before: four switches seen as one change.
+                {
+                    "expr": "changes(wg_failover_last_switch_timestamp_seconds[1h])",
+                    "eval_time": "5m",
+                    "exp_samples": [
+                        {"labels": '{instance="host:9100",job="node"}', "value": 1},
+                    ],
+                }
+            ],
+            "alert_rule_test": [
+                {
+                    "eval_time": "5m",
+                    "alertname": "WgFailoverFlapping",
+                    "exp_alerts": [
+                        {
+                            "exp_labels": {"severity": "warning", "instance": "host:9100", "job": "node"},
+                            "exp_annotations": {
+                                "summary": "VPN on host:9100 switched servers 4 times in the last hour",
+                                "description": "Read the reasons with `wg-failover --history` or "
+                                "`journalctl -u wg-failover -u wg-health-check`.",
+                            },
+                        }
+                    ],
+                },
+                {"eval_time": "2m", "alertname": "WgFailoverFlapping", "exp_alerts": []},
+            ],
+        },
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import pytest
 from wgfailover.ranking import (
     Measurement,
     RankedServer,
+    better_than_chosen,
     first_choice,
     format_ago,
     held_down_servers,
@@ -349,3 +350,20 @@ def test_several_tiers_without_a_threshold_is_a_programming_error() -> None:
             rng=random.Random(0),
             priorities={"a": 1, "b": 2},
         )
+
+
+@pytest.mark.parametrize(
+    ("losses", "better"),
+    [
+        ({"a": 0.5, "b": 0.0, "c": 0.2}, "b"),  # the least lossy other server
+        ({"a": 0.05, "b": 0.0}, None),  # within tie_epsilon: as good
+        ({"a": 0.0, "b": 0.5}, None),  # the chosen one is the best
+        ({"a": None, "b": 0.0}, None),  # the chosen one's loss is unknown
+        ({"a": 0.5, "b": None}, None),  # nothing known to compare with
+        ({"a": 0.5, "b": 0.1, "c": 0.1}, "b"),  # equal losses: by name
+    ],
+)
+def test_a_server_better_than_the_one_chosen_by_hand(losses: dict[str, float | None], better: str | None) -> None:
+    measurements = [Measurement(name, loss) for name, loss in losses.items()]
+    found = better_than_chosen(measurements, "a", tie_epsilon=0.05)
+    assert (found.name if found else None) == better

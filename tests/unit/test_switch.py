@@ -117,7 +117,7 @@ def test_switch_records_links_resets_and_restarts(make_config_file: Callable[...
     assert marker.exists()
     prom = (tmp_path / "wg_failover.prom").read_text()
     assert 'vpn_server_info{server="server2"} 1' in prom
-    assert "wg_failover_switches 1" in prom
+    assert "wg_failover_switches_total 1" in prom
     assert 'wg_failover_server_loss_ratio{server="server3"} 0.5' in prom
 
 

@@ -138,15 +138,20 @@ def test_unreachable_prometheus_still_switches_at_random(config_file: Path, requ
     assert (config_file.parent / "state" / "current").read_text() in ("server2\n", "server3\n")
 
 
-def test_to_switches_by_hand_with_reason_manual(config_file: Path) -> None:
+def test_to_switches_by_hand_with_reason_manual(config_file: Path, requests_mock: Any) -> None:
+    requests_mock.post(QUERY_URL, json=MEASURED)
     result = invoke(config_file, "--to", "server3")
     assert result.exit_code == 0
     assert result.stdout == (
-        "server   endpoint   loss  latency  rank  why excluded\n"
-        "server3  192.0.2.3  -     -        1\n"
-        "server1  192.0.2.1  -     -        -     current\n"
-        "server2  192.0.2.2  -     -        -     not asked for\n"
+        "server   endpoint   loss   latency  rank  why excluded\n"
+        "server3  192.0.2.3  10.0%  8.0 ms   1\n"
+        "server1  192.0.2.1  50.0%  -        -     current\n"
+        "server2  192.0.2.2  0.0%   12.0 ms  -     not asked for\n"
         "switched from server1 to server3: asked for with --to (reason: manual)\n"
+    )
+    assert (
+        result.stderr
+        == "wg-failover: warning: server3 loses 10.0% now, more than server2 (0.0%); switching to it as asked\n"
     )
     assert StateDir(config_file.parent / "state").last_switch().reason == "manual"  # type: ignore[union-attr]
 
