@@ -303,7 +303,9 @@ def _argv(value: object) -> tuple[str, ...]:
         raise TypeError(
             f'expected a list of arguments like ["systemctl", "restart", "wg.service"], got the string {value!r}'
         )
-    if not isinstance(value, list) or not value:
+    if isinstance(value, list) and not value:
+        raise ValueError('is empty; give the program and its arguments, e.g. ["systemctl", "restart", "wg.service"]')
+    if not isinstance(value, list):
         raise TypeError(f"expected a non-empty list of strings, got {_type_name(value)}")
     if not all(isinstance(item, str) and item for item in value):
         raise TypeError("every argument must be a non-empty string")

@@ -420,8 +420,9 @@ class PrometheusClient:
             message = f"Prometheus at {url} answered HTTP {reply.status} {reply.reason}".rstrip()
             if detail:
                 message += f": {_one_line(detail)}"
-            if reply.status in (401, 403):
-                message += f" ({_AUTH_HINT})"
+            hint = _AUTH_HINT if reply.status in (401, 403) else _status_hint(reply.status, self._base_url or "")
+            if hint:
+                message += f" ({hint})"
             raise PrometheusHTTPError(self._scrub(message), reply.status, error_type)
 
         if document is None and json_error:
@@ -626,7 +627,11 @@ def _reason(error: BaseException) -> str:
         )
     tls = _find(error, ssl.SSLError)
     if isinstance(tls, ssl.SSLError):
-        return f"TLS handshake failed ({_one_line(str(getattr(tls, 'reason', None) or tls))})"
+        reason = str(getattr(tls, "reason", None) or tls)
+        # What OpenSSL says when the other side answers TLS with plain HTTP.
+        if reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "HTTP_REQUEST", "PACKET_LENGTH_TOO_LONG"):
+            return f"TLS handshake failed ({reason}): is this port plain HTTP? then use http:// in prometheus.url"
+        return f"TLS handshake failed ({_one_line(reason)})"
     if _find(error, requests.exceptions.SSLError):
         return "TLS handshake failed"
     resolution = _find(error, socket.gaierror)
@@ -647,6 +652,27 @@ def _reason(error: BaseException) -> str:
         return "invalid URL"
     # Not requests' own message: it quotes pools, URLs and header values.
     return type(error).__name__
+
+
+def _status_hint(status: int, base_url: str) -> str:
+    """
+    Given an HTTP error status and prometheus.url, return what the user
+    most likely has to fix ("" when nothing specific is known).
+    """
+    path = urllib.parse.urlsplit(base_url).path.rstrip("/")
+    if status == 404:
+        if "/api/v1" in path:
+            return "prometheus.url must not include /api/v1/...: give the base URL, the query path is added"
+        if path:
+            return (
+                f"is the path prefix {path} right? prometheus.url is what serves /api/v1/query, "
+                "e.g. Prometheus's --web.route-prefix"
+            )
+        return "no query API at this URL: is prometheus.url a Prometheus, and does it need a path prefix?"
+    if status in (405, 501):
+        # Every Prometheus-compatible server takes the query as a POST form.
+        return "this server does not take a POST to /api/v1/query: is prometheus.url a Prometheus?"
+    return ""
 
 
 def _status_phrase(status: int) -> str:

@@ -214,7 +214,10 @@ handshake_timeout = "3m"
             {**MINIMAL, "restart_command": "systemctl restart wg"},
             'restart_command: expected a list of arguments like ["systemctl", "restart", "wg.service"], got the string \'systemctl restart wg\'',
         ),
-        ({**MINIMAL, "restart_command": []}, "restart_command: expected a non-empty list of strings, got a list"),
+        (
+            {**MINIMAL, "restart_command": []},
+            'restart_command: is empty; give the program and its arguments, e.g. ["systemctl", "restart", "wg.service"]',
+        ),
         ({**MINIMAL, "restart_command": ["a", ""]}, "restart_command: every argument must be a non-empty string"),
         ({**MINIMAL, "restart_timeout": "0s"}, "restart_timeout: must be longer than zero"),
         (

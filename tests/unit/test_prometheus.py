@@ -881,3 +881,60 @@ def test_client_closes_only_the_session_it_made(requests_mock: requests_mock_mod
         assert client.query("q") == []
     assert closed == []
     assert requests_mock.call_count == 1
+
+
+# --- hints for the usual wrong URLs -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "hint"),
+    [
+        (
+            "http://prometheus.test:9090/api/v1",
+            "prometheus.url must not include /api/v1/...: give the base URL, the query path is added",
+        ),
+        (
+            "http://prometheus.test:9090/prom",
+            "is the path prefix /prom right? prometheus.url is what serves /api/v1/query, e.g. Prometheus's --web.route-prefix",
+        ),
+        (
+            "http://prometheus.test:9090",
+            "no query API at this URL: is prometheus.url a Prometheus, and does it need a path prefix?",
+        ),
+    ],
+)
+def test_a_404_says_what_is_wrong_with_the_url(requests_mock: requests_mock_module.Mocker, url: str, hint: str) -> None:
+    requests_mock.post(f"{url}/api/v1/query", status_code=404, text="404 page not found")
+    with pytest.raises(PrometheusHTTPError) as caught:
+        make_client(url=url).query("up")
+    assert str(caught.value).endswith(f"({hint})")
+
+
+@pytest.fixture
+def plain_http_server() -> Iterator[str]:
+    """A real http.server on loopback: it answers GET and refuses POST with 501, as any non-Prometheus would."""
+    import http.server
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_url_that_is_not_prometheus_says_so(plain_http_server: str) -> None:
+    with pytest.raises(PrometheusHTTPError) as caught:
+        make_client(url=f"http://{plain_http_server}", timeout=5, clock=time.monotonic).query("up")
+    assert caught.value.status == 501
+    assert str(caught.value).endswith(
+        "(this server does not take a POST to /api/v1/query: is prometheus.url a Prometheus?)"
+    )
+
+
+def test_https_to_a_plain_http_port_suggests_http(plain_http_server: str) -> None:
+    with pytest.raises(PrometheusUnreachable) as caught:
+        make_client(url=f"https://{plain_http_server}", timeout=5, clock=time.monotonic).query("up")
+    assert str(caught.value).endswith("is this port plain HTTP? then use http:// in prometheus.url")
