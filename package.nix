@@ -32,7 +32,11 @@ python3Packages.buildPythonApplication {
       ];
   };
 
-  build-system = [ python3Packages.setuptools ];
+  # click: setup.py writes the man pages (share/man/man1) from the --help texts.
+  build-system = with python3Packages; [
+    setuptools
+    click
+  ];
 
   # Keep in step with [project.dependencies] in pyproject.toml
   # (tests/unit/test_packaging.py checks every name appears here).
