@@ -16,7 +16,6 @@ message naming the URL and never a credential; callers decide the policy
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import http
 import http.client
@@ -50,6 +49,7 @@ from wgfailover.errors import (
     PrometheusTimeout,
     PrometheusUnreachable,
 )
+from wgfailover.redact import SecretMask
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -71,9 +71,6 @@ _CHUNK_BYTES = 64 * 1024
 # Server-provided text (Prometheus's `error`, a proxy's page) is cut to this
 # many characters so every message stays one readable line.
 _MAX_DETAIL_CHARS = 300
-# Shorter "secrets" are not scrubbed from messages: replacing a one-character
-# password everywhere would mangle the message and protect nothing.
-_MIN_SCRUB_LENGTH = 4
 # Header names whose values are treated as secrets when a user puts their
 # own credentials into prometheus.headers (an API key, a cookie, ...).
 _SECRET_HEADER = re.compile(r"auth|token|key|secret|passw|cookie", re.IGNORECASE)
@@ -189,15 +186,14 @@ class PrometheusClient:
             "Accept": "application/json",
             "User-Agent": f"wg-failover/{__version__}",
         }
-        self._secrets: list[str] = []
+        # Every secret we send, in every form a server may echo it in.
+        self._mask = SecretMask()
         for name, value in settings.headers.items():
             self._headers[name] = value
             if _SECRET_HEADER.search(name):
-                self._secrets.append(value)
+                self._mask.add(value)
         if self._base_url:
-            password = urllib.parse.urlsplit(self._base_url).password
-            if password:
-                self._secrets.append(urllib.parse.unquote(password))
+            _mask_url_credentials(self._base_url, self._mask)
 
         self._auth: requests.auth.HTTPBasicAuth | None = None
         if settings.bearer_token_file is not None:
@@ -210,16 +206,13 @@ class PrometheusClient:
                     "prometheus.bearer_token_file: the token contains spaces or control characters",
                 )
             self._headers["Authorization"] = f"Bearer {token}"
-            self._secrets.append(token)
+            self._mask.add(token)
         if settings.username is not None and settings.password_file is not None:
             password = _read_secret(settings.password_file, "prometheus.password_file")
             # Encoded here: requests would encode str credentials as latin-1
             # and fail on anything else.
             self._auth = requests.auth.HTTPBasicAuth(settings.username.encode("utf-8"), password.encode("utf-8"))
-            self._secrets.append(password)
-            # The form the Authorization header carries, which a server may echo back.
-            encoded = base64.b64encode(f"{settings.username}:{password}".encode()).decode("ascii")
-            self._secrets.append(encoded)
+            self._mask.add_basic(settings.username, password)
 
         self._verify: bool | str = True
         if settings.ca_file is not None:
@@ -235,7 +228,6 @@ class PrometheusClient:
                 "TLS certificate of Prometheus at %s is not verified (prometheus.insecure_skip_verify)",
                 self._display_url,
             )
-        self._secrets = [secret for secret in self._secrets if len(secret) >= _MIN_SCRUB_LENGTH]
 
     def __repr__(self) -> str:
         return f"PrometheusClient(url={self._display_url!r}, timeout={self._budget:g})"
@@ -398,11 +390,13 @@ class PrometheusClient:
         except RecursionError:  # "[[[[..." nested past Python's limit
             json_error = "nested too deeply"
 
+        # Masked before anything else touches the server's text (see redact.py).
+        reason = self._scrub(reply.reason)
         if 300 <= reply.status < 400:
-            where = f" to {_redact_url(reply.location)}" if reply.location else ""
+            where = f" to {_redact_url(self._scrub(reply.location))}" if reply.location else ""
             raise PrometheusHTTPError(
                 self._scrub(
-                    f"Prometheus at {url} answered HTTP {reply.status} {reply.reason}, a redirect{where}; "
+                    f"Prometheus at {url} answered HTTP {reply.status} {_one_line(reason)}, a redirect{where}; "
                     "set prometheus.url to the final address"
                 ),
                 reply.status,
@@ -412,12 +406,12 @@ class PrometheusClient:
             detail = ""
             if isinstance(document, dict) and isinstance(document.get("error"), str):
                 raw_type = document.get("errorType")
-                error_type = raw_type if isinstance(raw_type, str) and raw_type else None
-                detail = f"{error_type}: {document['error']}" if error_type else document["error"]
+                error_type = self._scrub(raw_type) if isinstance(raw_type, str) and raw_type else None
+                detail = self._scrub(f"{error_type}: {document['error']}" if error_type else document["error"])
             elif reply.content_type.startswith("text/plain") and reply.body.strip():
                 # Mimir, Cortex and VictoriaMetrics answer some errors in plain text.
-                detail = reply.body.decode("utf-8", "replace")
-            message = f"Prometheus at {url} answered HTTP {reply.status} {reply.reason}".rstrip()
+                detail = self._scrub(reply.body.decode("utf-8", "replace"))
+            message = f"Prometheus at {url} answered HTTP {reply.status} {_one_line(reason)}".rstrip()
             if detail:
                 message += f": {_one_line(detail)}"
             hint = _AUTH_HINT if reply.status in (401, 403) else _status_hint(reply.status, self._base_url or "")
@@ -443,9 +437,9 @@ class PrometheusClient:
             if isinstance(error_text, str):
                 prefix = f"{error_type}: " if isinstance(error_type, str) and error_type else ""
                 raise PrometheusBadResponse(
-                    self._scrub(f"Prometheus at {url} reported an error: {_one_line(prefix + error_text)}")
+                    self._scrub(f"Prometheus at {url} reported an error: {_one_line(self._scrub(prefix + error_text))}")
                 )
-            raise self._bad_shape(f"status is {_show(status)}, not 'success'")
+            raise self._bad_shape(f"status is {self._show(status)}, not 'success'")
         self._log_warnings(document)
         return document
 
@@ -463,7 +457,7 @@ class PrometheusClient:
                 raise self._bad_shape(
                     f"the query gave a {result_type}, not an instant vector (does it end in a range like [5m]?)"
                 )
-            raise self._bad_shape(f"data.resultType is {_show(result_type)}")
+            raise self._bad_shape(f"data.resultType is {self._show(result_type)}")
         if not isinstance(result, list):
             raise self._bad_shape("data.result is not a list")
         samples = []
@@ -490,7 +484,7 @@ class PrometheusClient:
             return float(raw)
         if isinstance(raw, str) and _NUMBER.fullmatch(raw):
             return float(raw)
-        raise self._bad_shape(f"{where} is not a number: {_show(raw)}")
+        raise self._bad_shape(f"{where} is not a number: {self._show(raw)}")
 
     def _bad_shape(self, problem: str) -> PrometheusBadResponse:
         return PrometheusBadResponse(
@@ -503,17 +497,33 @@ class PrometheusClient:
         warnings = document.get("warnings")
         if isinstance(warnings, list):
             for warning in warnings:
-                log.warning("Prometheus at %s warns: %s", self._display_url, self._scrub(_one_line(str(warning))))
+                log.warning("Prometheus at %s warns: %s", self._display_url, self._text(warning))
         infos = document.get("infos")
         if isinstance(infos, list):
             for info in infos:
-                log.debug("Prometheus at %s notes: %s", self._display_url, self._scrub(_one_line(str(info))))
+                log.debug("Prometheus at %s notes: %s", self._display_url, self._text(info))
 
     def _scrub(self, text: str) -> str:
-        """Given a message, return it with every known secret replaced."""
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        """Given raw server text or a message built from it, return it with every form of every secret masked."""
+        return self._mask.mask(text)
+
+    def _text(self, value: object) -> str:
+        """Given a JSON value the server meant as text, return it masked, then on one line."""
+        if not isinstance(value, str):
+            return f"({_json_type(value)})"
+        return _one_line(self._scrub(value))
+
+    def _show(self, value: object) -> str:
+        """Given a JSON value from the answer, return a short quotation of it for a message, masked first."""
+        if isinstance(value, str):
+            # Masked before repr(), which doubles backslashes, and before the cut.
+            text = repr(self._scrub(value))
+        elif value is None or isinstance(value, (bool, int, float)):
+            text = repr(value)
+        else:
+            # A structure is named, not quoted: its repr would re-escape any secret inside.
+            return _json_type(value)
+        return text if len(text) <= 60 else text[:57] + "..."
 
 
 @dataclasses.dataclass(frozen=True)
@@ -691,7 +701,25 @@ def _one_line(text: str) -> str:
     return flat
 
 
-def _show(value: object) -> str:
-    """Given a JSON value from the answer, return a short repr for a message."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+def _json_type(value: object) -> str:
+    """Given a decoded JSON value, return its kind as a message names it."""
+    return "an object" if isinstance(value, dict) else "a list" if isinstance(value, list) else type(value).__name__
+
+
+def _mask_url_credentials(url: str, mask: SecretMask) -> None:
+    """
+    Given prometheus.url, add a password in it to the mask: as written (URL-encoded), decoded,
+    and as requests sends it (the base64 of the decoded ``user:password``).
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return
+    userinfo = parts.netloc.rpartition("@")[0]
+    if not userinfo:
+        return
+    raw_user, _, raw_password = userinfo.partition(":")
+    if not raw_password:
+        return
+    mask.add(raw_password)
+    mask.add_basic(urllib.parse.unquote(raw_user), urllib.parse.unquote(raw_password))

@@ -220,6 +220,7 @@ class FakePrometheus:
     answer: Callable[[str], tuple[int, dict[str, str], bytes]] | None = None
     requests: list[dict[str, Any]] = field(default_factory=list)
     url: str = ""
+    reason: str | None = None  # the status line's phrase; None: the standard one
 
     def default_answer(self, query: str) -> tuple[int, dict[str, str], bytes]:
         body = {
@@ -252,7 +253,7 @@ def serve(fake: FakePrometheus, tls: tuple[Path, Path] | None = None) -> Iterato
             with lock:
                 fake.requests.append({"path": self.path, "query": query, "headers": dict(self.headers)})
             status, headers, body = (fake.answer or fake.default_answer)(query)
-            self.send_response(status)
+            self.send_response(status, fake.reason)
             for name, value in headers.items():
                 self.send_header(name, value)
             self.send_header("Content-Length", str(len(body)))

@@ -15,12 +15,19 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
+import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from tests.reliability.helpers import FakePrometheus, Install, refusing_port, run, serve, write_install
+from wgfailover.commands import wg_failover, wg_health_check, wg_select
 
 TOKEN = "wgf-secret-token-7f3a9c1e5b"
 USERNAME = "wgf-user"
@@ -293,3 +300,168 @@ def test_insecure_skip_verify_accepts_the_certificate_and_warns(
     assert health.returncode == 0, health.stderr
     assert f"TLS certificate of Prometheus at {https_prometheus.url} is not verified" in health.stderr
     assert len(https_prometheus.requests) == 1
+
+
+# --- every form, every echo position (property) --------------------------------------
+
+# What a header value may hold (RFC 9110 field-vchar, space and tab); a bearer
+# token is one token68-like word, so no blanks.
+HEADER_CHARS = "".join(chr(code) for code in range(0x21, 0x7F)) + " \t"
+TOKEN_CHARS = "".join(chr(code) for code in range(0x21, 0x7F))
+# Where a hostile server puts what it echoes. A body of any length: the echo
+# sits at a random offset inside filler text.
+POSITIONS = ["error", "error-200", "warning", "info", "status", "result-type", "value", "label", "location", "reason"]
+POSITIONS += ["text-body"]
+# What it echoes: the secret as we read it, the header that carries it,
+# URL-encoded, JSON-escaped (a text body quoting the headers as JSON), base64.
+ECHOES = ["raw", "header", "url-encoded", "json-escaped", "base64"]
+FILLER = "\u00b7"  # outside both alphabets, so filler never completes a piece of a secret
+
+
+def secret_texts(alphabet: str) -> st.SearchStrategy[str]:
+    # Credential files are stripped, and HTTP drops a header value's outer blanks.
+    return st.text(alphabet=alphabet, min_size=12, max_size=40).filter(lambda text: text == text.strip())
+
+
+def pieces(text: str, size: int = 8) -> set[str]:
+    return {text[start : start + size] for start in range(len(text) - size + 1)}
+
+
+def secret_pieces(kind: str, secret: str) -> set[str]:
+    """Every 8-character piece of the secret, of its base64, and of the credential as the header carries it."""
+    sent = {secret, base64.b64encode(secret.encode()).decode()}
+    if kind in ("password", "url-password"):
+        sent.add(base64.b64encode(f"{USERNAME}:{secret}".encode()).decode())
+    return set().union(*(pieces(text) for text in sent))
+
+
+def configure(root: Path, url: str, kind: str, secret: str) -> Install:
+    """An installation under root whose Prometheus credential of this kind is secret."""
+    credentials = root / "credentials"
+    credentials.mkdir(parents=True)
+    headers = ""
+    if kind == "token":
+        auth = f'bearer_token_file = "{write_secret(credentials / "token", secret)}"\n'
+    elif kind == "password":
+        auth = f'username = "{USERNAME}"\npassword_file = "{write_secret(credentials / "password", secret)}"\n'
+    elif kind == "url-password":
+        auth = ""
+        url = url.replace("://", f"://{USERNAME}:{urllib.parse.quote(secret, safe='')}@", 1)
+    else:
+        auth = ""
+        headers = f"[prometheus.headers]\nX-Api-Key = {json.dumps(secret)}\n"
+    install = write_install(root, prometheus_url=url, extra=f'[health]\nmax_failures = 1\nmin_window = "1s"\n{headers}')
+    text = install.config.read_text().replace("timeout = 10\n", f"timeout = 10\n{auth}", 1)
+    install.config.write_text(text)
+    return install
+
+
+def hostile_answer(
+    fake: FakePrometheus, kind: str, secret: str, echo: str, position: str, before: int, after: int
+) -> Callable[[str], tuple[int, dict[str, str], bytes]]:
+    """An answer that puts one form of the secret at one position, inside filler of the given lengths."""
+
+    def answer(query: str) -> tuple[int, dict[str, str], bytes]:
+        sent = fake.requests[-1]["headers"]
+        header = sent.get("X-Api-Key" if kind == "header" else "Authorization", "")
+        payload = {
+            "raw": secret,
+            "header": header,
+            "url-encoded": urllib.parse.quote(secret, safe=""),
+            "json-escaped": json.dumps(secret)[1:-1],
+            "base64": base64.b64encode(secret.encode()).decode(),
+        }[echo]
+        padded = FILLER * before + payload + FILLER * after
+        as_json = {"Content-Type": "application/json"}
+        sample: dict[str, Any] = {"metric": {"host": "192.0.2.10"}, "value": [0, "0.9"]}
+        document: dict[str, Any] = {"status": "success", "data": {"resultType": "vector", "result": [sample]}}
+        status = 200
+        fake.reason = None
+        if position == "error":
+            status, document = 401, {"status": "error", "errorType": "unauthorized", "error": padded}
+        elif position == "error-200":
+            document = {"status": "error", "errorType": padded, "error": padded}
+        elif position == "warning":
+            document["warnings"] = [padded]
+        elif position == "info":
+            document["infos"] = [padded]
+        elif position == "status":
+            document["status"] = padded
+        elif position == "result-type":
+            document["data"]["resultType"] = padded
+        elif position == "value":
+            sample["value"] = [0, padded]
+        elif position == "label":
+            sample["metric"] = {"host": padded, padded.replace(FILLER, "_"): "x"}
+        elif position == "location":
+            return 302, {"Location": f"http://127.0.0.1:1/login?echo={payload}"}, b""
+        elif position == "reason":
+            fake.reason = f"Denied {payload}"
+            return 403, {"Content-Type": "text/plain"}, b""
+        else:
+            return 500, {"Content-Type": "text/plain; charset=utf-8"}, f"denied: {padded}".encode()
+        return status, as_json, json.dumps(document).encode()
+
+    return answer
+
+
+def everything_written(root: Path, result_texts: list[str]) -> str:
+    """Given an installation root and the commands' outputs, return all of it and every file written, as one text."""
+    written = [
+        path.read_text(errors="replace")
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and path.parent.name != "credentials" and path.name != "config.toml"
+    ]
+    return "\n".join(result_texts + written)
+
+
+def run_hostile(
+    fake: FakePrometheus, root: Path, kind: str, secret: str, echo: str, position: str, pad: tuple[int, int]
+) -> str:
+    """Run wg-select, wg-health-check and wg-failover (--verbose) in-process; return every output and file."""
+    install = configure(root, fake.url, kind, secret)
+    fake.answer = hostile_answer(fake, kind, secret, echo, position, *pad)
+    runner = CliRunner()
+    outputs = []
+    for command in (wg_select.main, wg_health_check.main, wg_failover.main):
+        result = runner.invoke(command, ["--config", str(install.config), "--verbose"])
+        assert "Traceback" not in result.output and "internal error" not in result.output, result.output
+        outputs += [result.stdout, result.stderr]
+    return everything_written(root, outputs)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    data=st.data(),
+    kind=st.sampled_from(["token", "password", "url-password", "header"]),
+    echo=st.sampled_from(ECHOES),
+    position=st.sampled_from(POSITIONS),
+    pad=st.tuples(st.integers(0, 600), st.integers(0, 600)),
+)
+def test_no_piece_of_any_secret_form_echoed_anywhere_reaches_output_state_or_metrics(
+    tmp_path: Path,
+    hostile_prometheus: FakePrometheus,
+    data: st.DataObject,
+    kind: str,
+    echo: str,
+    position: str,
+    pad: tuple[int, int],
+) -> None:
+    alphabet = TOKEN_CHARS if kind == "token" else HEADER_CHARS
+    secret = data.draw(secret_texts(alphabet), label="secret")
+    # The control run: the same everything with an unrelated secret. A piece
+    # of the secret found there is a coincidence with our own text, not a leak.
+    other = data.draw(secret_texts(alphabet), label="other")
+    assume(not secret_pieces(kind, secret) & secret_pieces(kind, other))
+    root = Path(tempfile.mkdtemp(dir=tmp_path))
+    control = run_hostile(hostile_prometheus, root / "control", kind, other, echo, position, pad)
+    seen = run_hostile(hostile_prometheus, root / "secret", kind, secret, echo, position, pad)
+    found = {piece for piece in secret_pieces(kind, secret) if piece in seen}
+    coincidences = {piece for piece in found if piece in control}
+    assert found - coincidences == set(), seen
+    shutil.rmtree(root)
+
+
+@pytest.fixture
+def hostile_prometheus() -> Iterator[FakePrometheus]:
+    yield from serve(FakePrometheus())
