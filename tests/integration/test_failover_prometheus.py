@@ -11,7 +11,6 @@ import dataclasses
 import random
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
@@ -20,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from tests.commands import command_argv
 from wgfailover.config import Config, parse_config
 from wgfailover.failover import FailoverResult, fail_over
 from wgfailover.state import StateDir
@@ -219,10 +219,9 @@ def test_a_prometheus_that_accepts_and_never_answers_still_leads_to_a_switch(tmp
             "[servers.server1]\n[servers.server2]\n[servers.server3]\n"
             f'[prometheus]\nurl = "http://127.0.0.1:{port}"\ntimeout = 1\n'
         )
-        command = Path(sys.executable).with_name("wg-failover")
         started = time.monotonic()
         finished = subprocess.run(
-            [str(command), "--config", str(config_file)], capture_output=True, text=True, timeout=60
+            [*command_argv("wg-failover"), "--config", str(config_file)], capture_output=True, text=True, timeout=60
         )
         elapsed = time.monotonic() - started
     assert finished.returncode == 0, finished.stderr

@@ -14,7 +14,6 @@ import re
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
@@ -23,10 +22,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from tests.commands import command_argv
 from tests.conftest import write_wireguard_configs
 from wgfailover.state import SwitchRecord
 
-BIN = Path(sys.executable).parent
 SERVERS = {"server1": "192.0.2.10", "server2": "192.0.2.20", "server3": "192.0.2.30", "server4": "192.0.2.40"}
 STATE_FILES = {"current", "health-failures", "history.jsonl", "last-check.json", "lock"}
 # fsutil's temp names: a dot, the target's name, 8 hex digits, ".tmp".
@@ -110,7 +109,7 @@ def run(command: str, install: Install, *args: str, timeout: float = 60) -> subp
     env = {**os.environ, "WG_FAILOVER_CONFIG": str(install.config)}
     env.pop("JOURNAL_STREAM", None)
     return subprocess.run(
-        [str(BIN / command), *args],
+        [*command_argv(command), *args],
         env=env,
         capture_output=True,
         text=True,

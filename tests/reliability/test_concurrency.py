@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.helpers import BIN, FakePrometheus, Install, check_state, run, serve, wait_all, write_install
+from tests.commands import command_argv
+from tests.reliability.helpers import FakePrometheus, Install, check_state, run, serve, wait_all, write_install
 
 DEADLINE = 300  # seconds for all processes together: generous, only to catch a deadlock
 
@@ -46,7 +47,7 @@ def start(command: str, install: Install, *args: str) -> subprocess.Popen[str]:
     env = {**os.environ, "WG_FAILOVER_CONFIG": str(install.config)}
     env.pop("JOURNAL_STREAM", None)
     return subprocess.Popen(
-        [str(BIN / command), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [*command_argv(command), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
 
 

@@ -35,7 +35,8 @@ from typing import Any
 
 import pytest
 
-from tests.reliability.helpers import BIN, SERVERS, Install, check_state, refusing_port, temp_files, write_install
+from tests.commands import command_argv
+from tests.reliability.helpers import SERVERS, Install, check_state, refusing_port, temp_files, write_install
 
 REPO = Path(__file__).resolve().parents[2]
 LANES = 4  # installations killed in parallel (2 cores: work overlaps sleep and fsync)
@@ -131,7 +132,8 @@ def _spawn(mode: str, command: str, args: list[str], install: Install) -> int:
     argv = [command, "--config", str(install.config), *args]
     if mode == "exec":
         actions = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
-        return os.posix_spawn(str(BIN / command), argv, os.environ, file_actions=actions)
+        spawned = [*command_argv(command), *argv[1:]]
+        return os.posix_spawn(spawned[0], spawned, os.environ, file_actions=actions)
     pid = os.fork()
     if pid:
         return pid
