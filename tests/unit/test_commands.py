@@ -77,9 +77,11 @@ def test_check_config_json_lists_the_servers(name: str, make_config_file: Callab
         "config": str(path),
         "valid": True,
         "offline": False,
+        "online": False,
         "servers": ["server1", "server2", "server3"],
         "problems": [],
         "warnings": [],
+        "checked": [],
         "exit_code": 0,
     }
 

@@ -91,14 +91,33 @@ class Command(click.Command):
 _OFFLINE = "wgfailover.offline"
 
 
+_ONLINE = "wgfailover.online"
+
+
 def _remember_offline(context: click.Context, _parameter: click.Parameter, value: bool) -> bool:
     context.meta[_OFFLINE] = value
     return value
 
 
+def _remember_online(context: click.Context, _parameter: click.Parameter, value: bool) -> bool:
+    context.meta[_ONLINE] = value
+    return value
+
+
 def common_options(function: F) -> F:
-    """Add --config, --check-config, --offline, --json, --verbose and --version to a command."""
+    """Add --config, --check-config, --offline, --online, --json, --verbose and --version to a command."""
     function = click.version_option(__version__, "--version", message="%(prog)s %(version)s")(function)
+    function = click.option(
+        "--online",
+        is_flag=True,
+        expose_value=False,
+        callback=_remember_online,
+        help=(
+            "With --check-config: also ask each Prometheus URL (with the configured auth and TLS) whether "
+            "the ranking query has a series for every server and the health selector matches the prober, "
+            "and check that textfile_dir is writable and the restart program exists."
+        ),
+    )(function)
     function = click.option(
         "--offline",
         is_flag=True,
@@ -216,12 +235,22 @@ def load_or_check(config_path: Path, check_config: bool, as_json: bool = False) 
     """
     context = click.get_current_context(silent=True)
     offline = bool(context and context.meta.get(_OFFLINE))
-    if offline and not check_config:
-        raise click.UsageError("--offline only applies to --check-config")
+    online = bool(context and context.meta.get(_ONLINE))
+    if (offline or online) and not check_config:
+        raise click.UsageError(f"--{'offline' if offline else 'online'} only applies to --check-config")
+    if offline and online:
+        raise click.UsageError("--offline and --online exclude each other")
     config = load_config(config_path)
     log_paths(config)
     if check_config:
         errors, warnings = ([], []) if offline else check_referenced_files(config)
+        notes: list[str] = []
+        if online:
+            # Imported here: it pulls in requests, which the offline check never needs.
+            from wgfailover.online_check import check_online
+
+            report = check_online(config)
+            errors, warnings, notes = errors + report.problems, warnings + report.warnings, report.notes
         for warning in warnings:
             log.warning("%s", warning)
         for error in errors:
@@ -233,14 +262,19 @@ def load_or_check(config_path: Path, check_config: bool, as_json: bool = False) 
                     "config": str(config.path),
                     "valid": not errors,
                     "offline": offline,
+                    "online": online,
                     "servers": config.server_names,
                     "problems": errors,
                     "warnings": warnings,
+                    "checked": notes,
                     "exit_code": code,
                 }
             )
-        elif not errors:
-            click.echo(describe_config(config) + (" (offline: files it names not checked)" if offline else ""))
+        else:
+            if not errors:
+                click.echo(describe_config(config) + (" (offline: files it names not checked)" if offline else ""))
+            for note in notes:
+                click.echo(f"ok: {note}")
         sys.exit(code)
     return config
 
