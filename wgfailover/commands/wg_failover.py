@@ -17,6 +17,7 @@ from wgfailover.commands.common import (
     load_or_check,
     print_json,
 )
+from wgfailover.config import Config
 from wgfailover.state import StateDir
 
 
@@ -48,6 +49,26 @@ from wgfailover.state import StateDir
         "Without --to, a reason a health check left for the failover it started (health.failover_command) wins."
     ),
 )
+@click.option(
+    "--status",
+    "show_status",
+    is_flag=True,
+    help=(
+        "Show the current server and where the link points, the tunnel unit's state, the failure count and "
+        "the last check, held-down servers, local-fault and all-failed states and the last switches; "
+        "reads the state alone (no Prometheus, no lock, no root where the files are readable)."
+    ),
+)
+@click.option(
+    "--history",
+    "history",
+    type=click.IntRange(min=1),
+    is_flag=False,
+    flag_value=20,
+    default=None,
+    metavar="[N]",
+    help="Print the last N switches (default 20): time, from, to, reason, every server's loss; reads the state alone.",
+)
 def main(
     config_path: Path,
     check_config: bool,
@@ -56,13 +77,20 @@ def main(
     dry_run: bool,
     to: str | None,
     reason: str | None,
+    show_status: bool,
+    history: int | None,
 ) -> None:
     with handle_errors("wg-failover", verbose, as_json):
-        # Imported here: requests costs ~0.2 s to import, which --help and
-        # --check-config should not pay (see docs/performance.md).
+        if (show_status or history) and (to or dry_run or reason or (show_status and history)):
+            raise click.UsageError("--status and --history only combine with --config, --json and -v")
+        config = load_or_check(config_path, check_config, as_json)
+        if show_status or history:
+            show_state(config, as_json, history)
+            return
+        # Imported here: requests costs ~0.2 s to import, which --help,
+        # --check-config, --status and --history should not pay (docs/performance.md).
         from wgfailover.failover import fail_over, format_report, result_to_json
 
-        config = load_or_check(config_path, check_config, as_json)
         if to is None and not dry_run:
             # Started by a health check through health.failover_command: its
             # reason, with the loss it saw, replaces this unit's default.
@@ -72,3 +100,22 @@ def main(
             print_json(result_to_json(result))
         else:
             emit(format_report(result))
+
+
+def show_state(config: Config, as_json: bool, history: int | None) -> None:
+    """Print --status (history None) or the last ``history`` switches, from the state alone."""
+    from wgfailover.status import read_history, read_status
+    from wgfailover.status_output import format_history, format_status, history_to_json, status_to_json
+
+    if history is None:
+        status = read_status(config, time.time())
+        if as_json:
+            print_json(status_to_json(status))
+        else:
+            click.echo(format_status(status))
+        return
+    records = read_history(config)[-history:]
+    if as_json:
+        print_json(history_to_json(records))
+    else:
+        click.echo(format_history(records))
