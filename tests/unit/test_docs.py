@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import re
 from pathlib import Path
 
 import click
@@ -63,3 +64,20 @@ def documented_keys() -> list[str]:
 def test_every_config_key_is_in_the_reference(key: str) -> None:
     reference = (ROOT / "docs" / "configuration.md").read_text()
     assert f"| `{key}` |" in reference
+
+
+def test_the_exit_code_table_lists_per_command_what_each_returns() -> None:
+    from wgfailover.commands.common import EXIT_CODES
+
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    header = "| code | meaning | wg-select | wg-failover | wg-health-check |"
+    assert header in operations
+    programs = header.strip("|").split("|")[2:]
+    rows = [line for line in operations.splitlines() if re.match(r"\| \d+ \|", line)]
+    documented = {int(line.split("|")[1]) for line in rows}
+    assert documented == set().union(*EXIT_CODES.values())
+    for line in rows:
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        code = int(cells[0])
+        for program, cell in zip(programs, cells[2:]):
+            assert cell.startswith("yes") == (code in EXIT_CODES[program.strip()]), line

@@ -26,7 +26,7 @@ log = logging.getLogger("wgfailover")
 F = TypeVar("F", bound=Callable[..., Any])
 
 # What each command can really return; --help, the README and
-# docs/operations.md list the same (tests/unit/test_docs.py compares them).
+# docs/operations.md list the same (tests/unit/test_docs.py checks the table there).
 EXIT_CODES: dict[str, dict[int, str]] = {
     "wg-select": {
         0: "done",
