@@ -49,6 +49,8 @@ def test_man_renders_each_page_without_warnings(tmp_path: Path) -> None:
 
 
 def test_the_wheel_installs_a_man_page_per_command(tmp_path: Path) -> None:
+    if not (ROOT / "wgfailover").is_dir():
+        pytest.skip("no source tree to build a wheel from: these tests run against an installed package")
     # The build (pip, pipx, Nix) runs setup.py, which writes the pages.
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(ROOT)],
