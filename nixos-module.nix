@@ -7,6 +7,7 @@
 # probers whose metrics the decisions are made from.
 {
   config,
+  options,
   lib,
   pkgs,
   utils,
@@ -519,8 +520,9 @@ in
           Path of the VPN network namespace the prober runs in
           (`NetworkNamespacePath=`), or null to run it in the main namespace
           when the tunnel lives there (nixpkgs' `networking.wg-quick`, whose
-          routes send the targets through the tunnel). No default: a prober
-          in the wrong namespace measures a path that is not the tunnel.
+          routes send the targets through the tunnel). Must be set when the
+          prober is enabled (an assertion says so): a prober in the wrong
+          namespace would measure a path that is not the tunnel.
         '';
       };
       netnsUnit = mkOption {
@@ -597,6 +599,12 @@ in
         {
           assertion = !lib.elem linkDir sharedDirs;
           message = ''services.wg-failover.settings.active_link = "${cfg.settings.active_link}": put the link in a directory of its own (e.g. /run/wg-failover/active.conf); the units may write its whole directory, and ${linkDir} is shared with other services.'';
+        }
+        {
+          # No default: null (the main namespace) for a tunnel that lives in
+          # its own would silently measure a path that is not the tunnel.
+          assertion = !cfg.probers.internal.enable || options.services.wg-failover.probers.internal.netns.isDefined;
+          message = ''services.wg-failover.probers.internal.netns must be set: the VPN network namespace the prober pings from (e.g. "/run/netns/wg"), or null when the tunnel's routes are in the main namespace (nixpkgs' networking.wg-quick).'';
         }
         {
           assertion = !cfg.probers.external.enable || serversWithoutEndpoint == [ ];

@@ -835,3 +835,11 @@ def builtins_store_dir() -> str:
     assert result.returncode == 0, result.stderr
     store_dir: str = json.loads(result.stdout)
     return store_dir
+
+
+def test_the_internal_probers_namespace_must_be_chosen(evaluate: Evaluate) -> None:
+    assert evaluate(with_options(probers={"internal": {"enable": True}}))["failedAssertions"] == [
+        "services.wg-failover.probers.internal.netns must be set: the VPN network namespace the prober pings"
+        ' from (e.g. "/run/netns/wg"), or null when the tunnel\'s routes are in the main namespace'
+        " (nixpkgs' networking.wg-quick)."
+    ]
