@@ -17,13 +17,20 @@ import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 
 from tests.commands import write_command_wrappers
+from tests.nix_module import (
+    NIX_TESTS,
+    build_stub,
+    config_file,
+    default_nixpkgs_lib,
+    evaluate_module,
+    read_built,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -326,35 +333,6 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
 
 # --- The NixOS module, evaluated ---------------------------------------------
 
-# Evaluates nixos-module.nix with the real lib.evalModules and the stand-ins
-# of tests/nix/stub-nixos.nix for NixOS's options and nixpkgs' packages. The
-# package's bin/ holds wrappers that run the installed console scripts.
-NIX_TESTS = ROOT / "tests" / "nix"
-HARNESS = r"""
-{ libPath, stubPath, modulePath, packagePath, configJSON }:
-let
-  lib = import libPath;
-  stub = import stubPath { inherit lib packagePath; };
-  config' = builtins.fromJSON configJSON;
-  inherit (lib.evalModules {
-    modules = stub.modules ++ [
-      modulePath
-      (removeAttrs config' [ "useWireguardToolsUnits" ])
-      # JSON cannot name a package: this flag puts wireguard-tools in systemd.packages.
-      { systemd.packages = lib.optional (config'.useWireguardToolsUnits or false) stub.pkgs.wireguard-tools; }
-    ];
-  }) config;
-in
-{
-  failedAssertions = map (a: a.message) (lib.filter (a: !a.assertion) config.assertions);
-  services = lib.mapAttrs (_: unit: unit // { path = map (p: p.name) unit.path; }) config.systemd.services;
-  timers = config.systemd.timers;
-  smokeping = config.services.prometheus.exporters.smokeping;
-  etcConfig = config.environment.etc."wg-failover/config.toml".source;
-  tmpfiles = config.systemd.tmpfiles.rules;
-}
-"""
-
 # The tunnel unit is the user's; the module only adds to it.
 TUNNEL = {"script": "wg-quick up /run/wg-failover/active.conf"}
 
@@ -387,25 +365,6 @@ def settings_of(config: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
-def default_nixpkgs_lib() -> Path | None:
-    """
-    Return nixpkgs' lib/ from WGF_NIXPKGS_LIB, else from shared/ beside the
-    repository (where CI puts it), or None. From a git worktree, shared/ sits
-    beside the main checkout.
-    """
-    if os.environ.get("WGF_NIXPKGS_LIB"):
-        return Path(os.environ["WGF_NIXPKGS_LIB"])
-    checkouts = [ROOT]
-    git = ROOT / ".git"
-    if git.is_file():  # a worktree: "gitdir: <main>/.git/worktrees/<name>"
-        checkouts.append(Path(git.read_text().removeprefix("gitdir:").strip()).parents[2])
-    for checkout in checkouts:
-        candidate = checkout.parent / "shared" / "nixpkgs-lib" / "lib"
-        if (candidate / "default.nix").is_file():
-            return candidate
-    return None
-
-
 Evaluate = Callable[[dict[str, Any]], dict[str, Any]]
 
 
@@ -426,50 +385,13 @@ def nixpkgs_lib() -> Path:
 
 
 @pytest.fixture(scope="module")
-def evaluate(tmp_path_factory: pytest.TempPathFactory, package_dir: Path, nixpkgs_lib: Path) -> Evaluate:
-    nix_instantiate = require("nix-instantiate")
-    harness = tmp_path_factory.mktemp("nix") / "harness.nix"
-    harness.write_text(HARNESS)
+def evaluate(package_dir: Path, nixpkgs_lib: Path) -> Evaluate:
+    require("nix-instantiate")
 
     def evaluate(config: dict[str, Any]) -> dict[str, Any]:
-        # --read-write-mode: the rendered configs (builtins.toFile) must
-        # really be written so the test can read them back.
-        result = run(
-            [nix_instantiate, "--eval", "--strict", "--json", "--read-write-mode", str(harness),
-             "--arg", "libPath", str(nixpkgs_lib),
-             "--arg", "stubPath", str(NIX_TESTS / "stub-nixos.nix"),
-             "--arg", "modulePath", str(ROOT / "nixos-module.nix"),
-             "--argstr", "packagePath", str(package_dir),
-             "--argstr", "configJSON", json.dumps(config)]
-        )  # fmt: skip
-        assert result.returncode == 0, result.stderr
-        return json.loads(result.stdout)
+        return evaluate_module(config, nixpkgs_lib=nixpkgs_lib, package_dir=package_dir)
 
     return evaluate
-
-
-def config_file(service: dict[str, Any]) -> Path:
-    return Path(service["serviceConfig"]["ExecStart"].split("--config ", 1)[1].split()[0])
-
-
-def build_stub(derivation: Path, out: Path) -> subprocess.CompletedProcess[str]:
-    """Given a stub runCommand's file, run its script as the Nix builder would, with $out at out."""
-    script = json.loads(derivation.read_text())["script"]
-    return subprocess.run(
-        ["sh", "-e", "-c", script], env={**os.environ, "out": str(out)}, capture_output=True, text=True, timeout=60
-    )
-
-
-def read_built(path: Path) -> dict[str, Any]:
-    """Given a config file the module rendered, build it if it is a check, and return its TOML."""
-    text = path.read_text()
-    if text.startswith('{"runCommand"'):
-        with tempfile.TemporaryDirectory() as scratch:
-            out = Path(scratch) / "out"
-            built = build_stub(path, out)
-            assert built.returncode == 0, built.stderr
-            text = out.read_text()
-    return tomllib.loads(text)
 
 
 def rendered_config(service: dict[str, Any]) -> dict[str, Any]:
