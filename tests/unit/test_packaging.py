@@ -765,3 +765,31 @@ def test_the_internal_probers_namespace_must_be_chosen(evaluate: Evaluate) -> No
         ' from (e.g. "/run/netns/wg"), or null when the tunnel\'s routes are in the main namespace'
         " (nixpkgs' networking.wg-quick)."
     ]
+
+
+# flake.nix's outputs function called with the stand-in nixpkgs as its input.
+FLAKE_HARNESS = r"""
+{ libPath, stubPath, flakePath, packagePath }:
+let
+  lib = import libPath;
+  stub = import stubPath { inherit lib packagePath; };
+  self = (import flakePath).outputs { inherit self; nixpkgs = stub.nixpkgs "x86_64-linux"; };
+in
+builtins.attrNames self.checks.x86_64-linux
+"""
+
+
+def test_the_flakes_checks_are_the_package_and_the_module_checks(
+    nixpkgs_lib: Path, package_dir: Path, tmp_path: Path
+) -> None:
+    nix_instantiate = require("nix-instantiate")
+    harness = tmp_path / "flake.nix"
+    harness.write_text(FLAKE_HARNESS)
+    result = run(
+        [nix_instantiate, "--eval", "--strict", "--json", str(harness),
+         "--arg", "libPath", str(nixpkgs_lib), "--arg", "stubPath", str(NIX_TESTS / "stub-nixos.nix"),
+         "--arg", "flakePath", str(ROOT / "flake.nix"), "--argstr", "packagePath", str(package_dir)]
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    cases = [*MISTAKES["assertions"], *MISTAKES["builds"]]
+    assert set(json.loads(result.stdout)) == {"package", "module-system"} | {f"module-{name}" for name in cases}
