@@ -27,7 +27,8 @@ from tests.conftest import write_wireguard_configs
 from wgfailover.state import SwitchRecord
 
 SERVERS = {"server1": "192.0.2.10", "server2": "192.0.2.20", "server3": "192.0.2.30", "server4": "192.0.2.40"}
-STATE_FILES = {"current", "health-failures", "history.jsonl", "last-check.json", "lock"}
+# pending-reason.json: left by a health check killed while its failover_command ran.
+STATE_FILES = {"current", "health-failures", "history.jsonl", "last-check.json", "lock", "pending-reason.json"}
 # fsutil's temp names: a dot, the target's name, 8 hex digits, ".tmp".
 TEMP_NAME = re.compile(r"\.(?P<target>.+)\.[0-9a-f]{8}\.tmp")
 _METRIC_LINE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*(\{.*\})? \S+")
