@@ -53,8 +53,10 @@ TEXTFILE_METRICS = [
     "wg_failover_last_check_timestamp_seconds",
 ]
 
+# Not the copies that builds, the virtualenv and the lab leave in the checkout.
+NOT_SOURCE = {".git", "result", "build", ".venv", ".lab"}
 NIX_FILES = sorted(
-    path.relative_to(ROOT) for path in ROOT.rglob("*.nix") if ".git" not in path.parts and "result" not in path.parts
+    path.relative_to(ROOT) for path in ROOT.rglob("*.nix") if not NOT_SOURCE & set(path.relative_to(ROOT).parts)
 )
 UNIT_FILES = sorted(path.relative_to(UNITS) for path in UNITS.glob("*") if path.suffix in (".service", ".timer"))
 DROP_INS = sorted(path.relative_to(UNITS) for path in UNITS.glob("*.d/*.conf"))
