@@ -165,3 +165,23 @@ def test_records_logged_after_a_command_reach_the_callers_handlers(bad_state_con
     finally:
         root.removeHandler(handler)
     assert [record.getMessage() for record in caught] == ["after the command"]
+
+
+def test_under_the_journal_a_failed_health_check_is_one_warning(
+    make_config_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    from tests.reliability.helpers import FakePrometheus, serve
+
+    server = serve(FakePrometheus(loss=0.5))
+    fake = next(server)
+    try:
+        path = make_config_file(extra=f'[prometheus]\nurl = "{fake.url}"\n')
+        output = run_with_stderr_file(
+            [*command_argv("wg-health-check"), "--config", str(path)], tmp_path / "out", "this file", stdout_too=True
+        )
+    finally:
+        server.close()
+    lines = output.splitlines()
+    assert lines == [
+        "<4>unhealthy: loss 0.5 > 0.15 over 300s (first check: all of health.window); count failure 1 of 3"
+    ]
