@@ -61,7 +61,7 @@ class Status:
     current_problem: str | None
     link: LinkState
     unit: UnitState
-    failures: int
+    failures: int | None  # None: health-failures could not be read
     max_failures: int
     last_check: CheckRecord | None
     held_down: tuple[HeldDown, ...]
@@ -92,7 +92,7 @@ def read_status(
     current = state.read_current(config.server_names)
     history = _read_history(state, problems)
     last_check = state.read_last_check() if _readable(state, "last-check.json", problems) else None
-    failures = state.read_failures() if _readable(state, "health-failures", problems) else 0
+    failures = state.read_failures() if _readable(state, "health-failures", problems) else None
     held = held_down_servers(history, now, config.failover.hold_down)
     unit = tunnel_unit(config.restart_command)
     return Status(

@@ -67,7 +67,8 @@ def format_status(status: Status) -> str:
         span = f" over {format_duration(check.span)}" if check.span is not None else ""
         loss = f"loss {_percent(check.loss)}" if check.loss is not None else "no data"
         seen = f"last check {format_time(check.time)} ({_ago(now, check.time)}): {loss}{span}"
-    lines.append(f"health:        {status.failures} of {status.max_failures} failures; {seen}")
+    count = "?" if status.failures is None else str(status.failures)
+    lines.append(f"health:        {count} of {status.max_failures} failures; {seen}")
     held = ", ".join(
         f"{h.server} (left {format_ago(h.left_ago)} ago, {format_ago(h.remaining)} left)" for h in status.held_down
     )
