@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -159,3 +160,46 @@ def test_verbose_health_check_shows_the_promql_and_where_it_goes(
     assert result.exit_code == 0, result.output
     sent = [line for line in result.stderr.splitlines() if "POST http://prometheus.test:9090/api/v1/query" in line]
     assert len(sent) == 1 and "smokeping_requests_total" in sent[0]
+
+
+def test_health_check_json_is_one_object_with_the_loss_and_the_counter(
+    make_config_file: Callable[..., Path], requests_mock: Any
+) -> None:
+    path = make_config_file(extra='[prometheus]\nurl = "http://prometheus.test:9090"\n')
+    requests_mock.post(
+        "http://prometheus.test:9090/api/v1/query",
+        json={"status": "success", "data": {"resultType": "vector", "result": [{"metric": {}, "value": [0, "0.45"]}]}},
+    )
+    result = invoke("wg-health-check", "--config", str(path), "--dry-run", "--json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert {
+        key: document[key]
+        for key in ("dry_run", "outcome", "source", "loss", "threshold", "failures_before", "failures", "max_failures")
+    } == {
+        "dry_run": True,
+        "outcome": "failure",
+        "source": "prometheus",
+        "loss": 0.45,
+        "threshold": 0.15,
+        "failures_before": 0,
+        "failures": 1,
+        "max_failures": 3,
+    }
+    assert document["message"].startswith("unhealthy: loss 0.45 > 0.15")
+
+
+def test_health_check_json_when_prometheus_is_unreachable_is_the_error_and_69(
+    make_config_file: Callable[..., Path],
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        path = make_config_file(extra=f'[prometheus]\nurl = "http://127.0.0.1:{port}"\n')
+        result = invoke("wg-health-check", "--config", str(path), "--json")
+    assert result.exit_code == 69
+    document = json.loads(result.stdout)
+    assert document == {
+        "error": f"cannot reach Prometheus at http://127.0.0.1:{port}: connection refused",
+        "exit_code": 69,
+    }
