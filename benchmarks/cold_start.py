@@ -52,7 +52,7 @@ def measure(seed_dir: Path | None, quick: bool = False) -> tuple[list[Entry], li
         Entry("python -c 'import requests'", common.time_builtin([python, "-c", "import requests"], runs)),
         Entry("python -c 'import click'", common.time_builtin([python, "-c", "import click"], runs)),
         # What --help would cost if the command module imported the library
-        # (wgfailover.health, hence requests) only inside main(): click, the
+        # (wgfailover.actions.health_check, hence requests) only inside main(): click, the
         # config loader and the shared options, nothing else.
         Entry(
             "python -c 'import wgfailover.commands.common' (--help with a lazy library import)",

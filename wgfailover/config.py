@@ -205,12 +205,6 @@ class Config:
         return {server.name: server.priority for server in self.servers}
 
 
-def default_config_path() -> Path:
-    """Return the config path from WG_FAILOVER_CONFIG, else the default."""
-    from_env = os.environ.get(CONFIG_ENV_VAR)
-    return Path(from_env) if from_env else DEFAULT_CONFIG_PATH
-
-
 # --- validation --------------------------------------------------------------
 
 
@@ -609,13 +603,14 @@ def parse_config(document: dict[str, Any], path: Path) -> Config:
     )
 
 
-def load_config(path: Path | None = None) -> Config:
+def load_config(path: Path) -> Config:
     """
-    Given a config path (None: WG_FAILOVER_CONFIG or the default), read and
-    validate it and return the Config. Raise ConfigError naming the file if
+    Given a config path (the commands take it from --config,
+    WG_FAILOVER_CONFIG or the default), read and validate it and return the
+    Config. Raise ConfigError naming the file if
     it can't be read, isn't TOML, or holds invalid settings.
     """
-    path = Path(path) if path is not None else default_config_path()
+    path = Path(path)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:

@@ -57,7 +57,6 @@ __all__ = [
     "Sample",
     "escape_label_value",
     "escape_regex_value",
-    "is_known",
     "round_measured",
 ]
 
@@ -91,17 +90,12 @@ class Sample:
     """One series of an instant-query result: its labels and its value.
 
     The value may be NaN or ±Inf (a rate over no data, a division by zero);
-    see is_known(). The caller decides what an unknown value means: for
+    evidence/readings.py decides what an unknown value means: for
     loss it is "unknown", never 0.
     """
 
     labels: dict[str, str]
     value: float
-
-
-def is_known(value: float) -> bool:
-    """Given a sample value, return whether it is a real number (not NaN or ±Inf)."""
-    return math.isfinite(value)
 
 
 # Six decimals are finer than anything a prober resolves (a ratio of ping

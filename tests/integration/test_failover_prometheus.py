@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 from tests.commands import command_argv
+from wgfailover.actions.failover import FailoverResult, fail_over
 from wgfailover.config import Config, parse_config
-from wgfailover.failover import FailoverResult, fail_over
 from wgfailover.state import StateDir
 
 pytestmark = pytest.mark.integration

@@ -29,8 +29,11 @@ from pathlib import Path
 
 import pytest
 
+from wgfailover.actions.health_check import check_health
 from wgfailover.config import DEFAULT_HEALTH_QUERY, Config, load_config
-from wgfailover.health import FAILOVER, FAILURE, HEALTHY, WAITING, check_health, render_query
+from wgfailover.evidence.tunnel import render_query
+from wgfailover.output.health_check import describe_check
+from wgfailover.policy.health import HealthOutcome
 from wgfailover.state import StateDir
 from wglab import netns as wglab_netns
 from wglab import processes as wglab_processes
@@ -196,12 +199,12 @@ def test_a_tunnel_bad_before_a_switch_and_good_after_it_causes_no_further_failov
     switched = record_switch(config)
 
     right_after = check_health(config, wall_clock=lambda: switched + 1)
-    assert right_after.outcome == WAITING
-    assert right_after.message == f"waiting for data since the switch: 1s of {int(MIN_WINDOW)}s"
+    assert right_after.outcome == HealthOutcome.WAITING
+    assert describe_check(right_after) == f"waiting for data since the switch: 1s of {int(MIN_WINDOW)}s"
 
     lab.wait_for_data_since(switched, MIN_WINDOW + 1)
     result = check_health(config)
-    assert result.outcome == HEALTHY, result.message
+    assert result.outcome == HealthOutcome.HEALTHY, describe_check(result)
     assert result.span.reason == "since the last switch"
     assert not marker(tmp_path).exists()
     assert len(StateDir(config.state_dir).read_history()) == 1
@@ -219,9 +222,9 @@ def test_a_tunnel_still_bad_after_the_switch_is_caught_once_the_grace_is_over(
     switched = record_switch(config)  # the new server is just as bad
     lab.wait_for_data_since(switched, MIN_WINDOW + 1)
     result = check_health(config)
-    assert result.outcome == FAILOVER, result.message
-    assert result.measurement is not None and result.measurement.loss is not None
-    assert 0.3 < result.measurement.loss < 0.7  # one target of two lost: summed over both series
+    assert result.outcome == HealthOutcome.FAILOVER, describe_check(result)
+    assert result.reading is not None and result.reading.loss is not None
+    assert 0.3 < result.reading.loss < 0.7  # one target of two lost: summed over both series
     assert marker(tmp_path).read_text() == "failover\n"
 
 
@@ -232,14 +235,14 @@ def test_a_one_check_blip_of_total_loss_causes_no_failover_with_max_failures_3(
     state = StateDir(config.state_dir)
     started = time.time()
     lab.wait_for_data_since(started, MIN_WINDOW)
-    assert check_health(config).outcome == HEALTHY
+    assert check_health(config).outcome == HealthOutcome.HEALTHY
 
     # The blip: every ping lost, for the span of one check.
     lab.set_loss(100)
     blip = time.time()
     lab.wait_for_data_since(blip, MIN_WINDOW + 1)
     during = check_health(config)
-    assert during.outcome == FAILURE, during.message
+    assert during.outcome == HealthOutcome.FAILURE, describe_check(during)
     assert state.read_failures() == 1
 
     lab.set_loss(0)
@@ -248,13 +251,13 @@ def test_a_one_check_blip_of_total_loss_causes_no_failover_with_max_failures_3(
     # The original, with its fixed window, still sees the blip here and counts a second failure.
     assert lab.original_loss() > THRESHOLD
     after = check_health(config)
-    assert after.outcome == HEALTHY, after.message
+    assert after.outcome == HealthOutcome.HEALTHY, describe_check(after)
     assert after.span.reason == "since the last check"
     assert state.read_failures() == 0
 
     last = state.read_last_check()
     assert last is not None
     lab.wait_for_data_since(last.time, MIN_WINDOW + 1)
-    assert check_health(config).outcome == HEALTHY
+    assert check_health(config).outcome == HealthOutcome.HEALTHY
     assert state.read_failures() == 0
     assert not marker(tmp_path).exists()

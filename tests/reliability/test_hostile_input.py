@@ -30,7 +30,7 @@ from tests.reliability.helpers import FakePrometheus, check_state, serve, write_
 from wgfailover.commands import wg_failover, wg_health_check, wg_select
 from wgfailover.config import Config, FailoverSettings, PrometheusSettings, load_config, parse_config
 from wgfailover.errors import ConfigError, PrometheusBadResponse, PrometheusError
-from wgfailover.failover import build_query, read_measurements
+from wgfailover.evidence.servers_loss import build_query, read_server_readings
 from wgfailover.prometheus import PrometheusClient, Sample
 from wgfailover.servers import Server, parse_endpoint_host, resolve_endpoint
 from wgfailover.state import StateDir
@@ -542,7 +542,7 @@ def test_escaped_host_matcher_selects_exactly_the_chosen_servers_in_real_prometh
     client = PrometheusClient(PrometheusSettings(url=prometheus_with_nasty_hosts.url, timeout=10))
     samples = client.query(build_query(settings_, chosen))
     assert {sample.labels["host"] for sample in samples} == set(chosen)
-    measurements = read_measurements(samples, "host", endpoints)
-    for measurement in measurements:
-        assert measurement.loss == pytest.approx(LOSS[endpoints[measurement.name] or ""], abs=1e-6)
-        assert measurement.latency == pytest.approx(0.01, rel=1e-6)
+    readings = read_server_readings(samples, "host", endpoints)
+    for reading in readings:
+        assert reading.loss == pytest.approx(LOSS[endpoints[reading.name] or ""], abs=1e-6)
+        assert reading.latency == pytest.approx(0.01, rel=1e-6)

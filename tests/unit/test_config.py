@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from wgfailover.commands import wg_failover, wg_health_check, wg_select
 from wgfailover.config import (
     DEFAULT_FAILOVER_QUERY,
     DEFAULT_HEALTH_QUERY,
@@ -125,7 +127,7 @@ on_no_data = "ignore"
 failover_command = ["systemctl", "start", "wg-failover.service"]
 interface = "wg0"
 netns = "vpn"
-handshake_timeout = "3m"
+handshake_timeout = "4m"
 """
     )
     config = load_config(path)
@@ -164,7 +166,7 @@ handshake_timeout = "3m"
     assert config.health.failover_command == ("systemctl", "start", "wg-failover.service")
     assert config.health.interface == "wg0"
     assert config.health.netns == "vpn"
-    assert config.health.handshake_timeout == 180
+    assert config.health.handshake_timeout == 240
 
 
 @pytest.mark.parametrize(
@@ -378,11 +380,13 @@ def test_binary_content_is_refused_as_not_utf8(tmp_path: Path) -> None:
         load_config(path)
 
 
-def test_the_environment_variable_names_the_default_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_environment_variable_names_the_config_file_of_every_command(tmp_path: Path) -> None:
     path = tmp_path / "env.toml"
     path.write_text("[servers.from_env]\n")
-    monkeypatch.setenv("WG_FAILOVER_CONFIG", str(path))
-    assert load_config().server_names == ["from_env"]
+    for main in (wg_select.main, wg_failover.main, wg_health_check.main):
+        result = CliRunner().invoke(main, ["--check-config"], env={"WG_FAILOVER_CONFIG": str(path)})
+        assert result.output.splitlines()[-1] == f"{path}: valid; 1 servers (from_env)"
+        assert result.exit_code == 0
 
 
 def test_prometheus_url_takes_a_list_asked_in_order() -> None:

@@ -1,10 +1,30 @@
-"""The textfile: the last switch's reason, the switch counter, server names for endpoints."""
+"""The node_exporter textfile: rendered from the state every time, never stale, never fatal;
+the last switch's reason, the switch counter, server names for endpoints."""
 
 from __future__ import annotations
 
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
 from wgfailover.config import Config
-from wgfailover.metrics import render_metrics
-from wgfailover.state import StateDir
+from wgfailover.metrics import TEXTFILE_NAME, render_metrics, write_metrics
+from wgfailover.servers import Server
+from wgfailover.state import CheckRecord, StateDir
+
+SERVERS = [
+    Server(name="server1", config_path=Path("/nonexistent/server1"), endpoint="192.0.2.1"),
+    Server(name="server2", config_path=Path("/nonexistent/server2"), endpoint="192.0.2.2"),
+]
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> StateDir:
+    state = StateDir(tmp_path / "state")
+    state.ensure()
+    return state
 
 
 def test_the_last_switch_is_one_info_series_with_from_to_and_reason(config: Config) -> None:
@@ -36,3 +56,77 @@ def test_each_server_endpoint_is_named_for_the_dashboard(config: Config) -> None
         'wg_failover_server_endpoint_info{server="server2",host="192.0.2.20"} 1',
         'wg_failover_server_endpoint_info{server="server3",host="192.0.2.30"} 1',
     ]
+
+
+def samples(text: str) -> dict[str, str]:
+    """Given a textfile, return {series: value} without the HELP and TYPE lines."""
+    return dict(line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
+
+
+def test_a_fresh_install_shows_no_server_and_zero_counts(state: StateDir) -> None:
+    assert samples(render_metrics(state, SERVERS)) == {
+        'wg_failover_server_endpoint_info{server="server1",host="192.0.2.1"}': "1",
+        'wg_failover_server_endpoint_info{server="server2",host="192.0.2.2"}': "1",
+        "wg_failover_switches_total": "0",
+        "wg_failover_health_consecutive_failures": "0",
+    }
+
+
+def test_after_a_failover_the_new_server_is_the_one_shown(state: StateDir) -> None:
+    # The original wrote vpn_server_info once at boot: stale after every failover.
+    state.write_current("server1")
+    state.append_history(time=1000.0, from_server=None, to_server="server1", reason="first")
+    assert samples(render_metrics(state, SERVERS))['vpn_server_info{server="server1"}'] == "1"
+    state.write_current("server2")
+    state.append_history(
+        time=2000.5, from_server="server1", to_server="server2", reason="health", losses={"server2": 0.01, "x": None}
+    )
+    state.write_failures(2)
+    state.write_last_check(CheckRecord(time=2100.0, loss=0.25, span=60))
+    assert samples(render_metrics(state, SERVERS)) == {
+        'vpn_server_info{server="server2"}': "1",
+        'wg_failover_server_endpoint_info{server="server1",host="192.0.2.1"}': "1",
+        'wg_failover_server_endpoint_info{server="server2",host="192.0.2.2"}': "1",
+        "wg_failover_switches_total": "2",
+        'wg_failover_last_switch_info{from="server1",to="server2",reason="health"}': "1",
+        "wg_failover_last_switch_timestamp_seconds": "2000.5",
+        'wg_failover_server_loss_ratio{server="server2"}': "0.01",
+        "wg_failover_health_consecutive_failures": "2",
+        "wg_failover_last_check_timestamp_seconds": "2100",
+        "wg_failover_tunnel_loss_ratio": "0.25",
+    }
+
+
+def test_every_family_has_help_and_a_type(state: StateDir) -> None:
+    text = render_metrics(state, SERVERS)
+    names = {line.split()[2] for line in text.splitlines() if line.startswith("# HELP")}
+    types = {line.split()[2]: line.split()[3] for line in text.splitlines() if line.startswith("# TYPE")}
+    assert names == set(types)
+    assert set(types.values()) == {"gauge", "counter"}
+
+
+def test_the_file_is_written_readable_by_node_exporter_under_a_strict_umask(state: StateDir, tmp_path: Path) -> None:
+    textfile_dir = tmp_path / "node"
+    textfile_dir.mkdir()
+    (textfile_dir / f".{TEXTFILE_NAME}.0123abcd.tmp").write_text("left by a killed run")
+    old = os.umask(0o077)
+    try:
+        assert write_metrics(textfile_dir, state, SERVERS) is True
+    finally:
+        os.umask(old)
+    written = textfile_dir / TEXTFILE_NAME
+    assert written.stat().st_mode & 0o777 == 0o644
+    assert written.read_text() == render_metrics(state, SERVERS)
+    assert [p.name for p in textfile_dir.iterdir()] == [TEXTFILE_NAME]
+
+
+def test_metrics_disabled_writes_nothing(state: StateDir) -> None:
+    assert write_metrics(None, state, SERVERS) is False
+
+
+def test_an_unwritable_directory_is_a_warning_not_an_error(
+    state: StateDir, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="wgfailover"):
+        assert write_metrics(tmp_path / "missing", state, SERVERS) is False
+    assert "the metrics are not updated (check textfile_dir)" in caplog.text

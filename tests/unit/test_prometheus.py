@@ -45,7 +45,6 @@ from wgfailover.prometheus import (
     Sample,
     escape_label_value,
     escape_regex_value,
-    is_known,
 )
 
 URL = "http://prometheus.test:9090"
@@ -115,19 +114,10 @@ def test_numeric_values_parse_to_floats(requests_mock: requests_mock_module.Mock
     assert make_client().query("q") == [Sample(labels={"host": "a"}, value=expected)]
 
 
-def test_nan_parses_to_nan_which_is_not_known(requests_mock: requests_mock_module.Mocker) -> None:
+def test_nan_parses_to_nan(requests_mock: requests_mock_module.Mocker) -> None:
     requests_mock.post(QUERY_URL, json=vector(({"host": "a"}, "NaN")))
     [sample] = make_client().query("q")
     assert math.isnan(sample.value)
-    assert not is_known(sample.value)
-
-
-@pytest.mark.parametrize(
-    ("value", "known"),
-    [(0.0, True), (-0.5, True), (1.0, True), (math.nan, False), (math.inf, False), (-math.inf, False)],
-)
-def test_is_known_rejects_nan_and_infinities(value: float, known: bool) -> None:
-    assert is_known(value) is known
 
 
 def test_every_series_is_returned_with_its_labels(requests_mock: requests_mock_module.Mocker) -> None:

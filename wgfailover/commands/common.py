@@ -247,7 +247,7 @@ def load_or_check(config_path: Path, check_config: bool, as_json: bool = False) 
         notes: list[str] = []
         if online:
             # Imported here: it pulls in requests, which the offline check never needs.
-            from wgfailover.online_check import check_online
+            from wgfailover.actions.online_check import check_online
 
             report = check_online(config)
             errors, warnings, notes = errors + report.problems, warnings + report.warnings, report.notes

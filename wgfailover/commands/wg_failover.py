@@ -89,7 +89,8 @@ def main(
             return
         # Imported here: requests costs ~0.2 s to import, which --help,
         # --check-config, --status and --history should not pay (docs/performance.md).
-        from wgfailover.failover import fail_over, format_report, result_to_json
+        from wgfailover.actions.failover import fail_over
+        from wgfailover.output.failover import failover_to_json, format_failover
 
         if to is None and not dry_run:
             # Started by a health check through health.failover_command: its
@@ -97,15 +98,15 @@ def main(
             reason = StateDir(config.state_dir).claim_pending_reason(time.time()) or reason
         result = fail_over(config, reason=reason or ("manual" if to else "failover"), to=to, dry_run=dry_run)
         if as_json:
-            print_json(result_to_json(result))
+            print_json(failover_to_json(result))
         else:
-            emit(format_report(result))
+            emit(format_failover(result))
 
 
 def show_state(config: Config, as_json: bool, history: int | None) -> None:
     """Print --status (history None) or the last ``history`` switches, from the state alone."""
-    from wgfailover.status import read_history, read_status
-    from wgfailover.status_output import format_history, format_status, history_to_json, status_to_json
+    from wgfailover.actions.status import read_history, read_status
+    from wgfailover.output.status import format_history, format_status, history_to_json, status_to_json
 
     if history is None:
         status = read_status(config, time.time())

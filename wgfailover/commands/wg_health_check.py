@@ -37,11 +37,12 @@ def main(config_path: Path, check_config: bool, as_json: bool, verbose: bool, dr
     with handle_errors("wg-health-check", verbose, as_json):
         # Imported here: requests costs ~0.2 s to import, which --help and
         # --check-config should not pay (see docs/performance.md).
-        from wgfailover.health import check_health, result_level, result_to_json
+        from wgfailover.actions.health_check import check_health
+        from wgfailover.output.health_check import check_level, check_to_json, describe_check
 
         config = load_or_check(config_path, check_config, as_json)
         result = check_health(config, dry_run=dry_run)
         if as_json:
-            print_json(result_to_json(result))
+            print_json(check_to_json(result))
         else:
-            emit(("dry run: " if dry_run else "") + result.message, level=result_level(result))
+            emit(("dry run: " if dry_run else "") + describe_check(result), level=check_level(result))

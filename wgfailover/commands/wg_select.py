@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from wgfailover.actions.select import select_server
 from wgfailover.commands.common import (
     Command,
     common_options,
@@ -15,7 +16,7 @@ from wgfailover.commands.common import (
     load_or_check,
     print_json,
 )
-from wgfailover.select_server import select_server
+from wgfailover.output.select import describe_selection, selection_to_json
 
 
 @click.command(
@@ -32,7 +33,7 @@ def main(config_path: Path, check_config: bool, as_json: bool, verbose: bool) ->
         config = load_or_check(config_path, check_config, as_json)
         selection = select_server(config)
         if as_json:
-            print_json({"server": selection.server, "restored": selection.restored, "problem": selection.problem})
+            print_json(selection_to_json(selection))
         else:
             # select_server logged "restored ..." or "picked ...": under systemd that is the one journal line.
-            emit(selection.server, logged=True)
+            emit(describe_selection(selection), logged=True)

@@ -1,0 +1,124 @@
+"""The servers' loss and latency, as the external prober sees them.
+
+One PromQL query asks for the loss and the latency of every server at once,
+so a failover costs one HTTP round trip within ``prometheus.timeout``
+whatever the number of servers (the original sent one request per server,
+5 s each). Series are matched to servers by their endpoint label.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+
+from wgfailover.config import Config, FailoverSettings, fill_template, format_duration
+from wgfailover.errors import ConfigError, PrometheusError
+from wgfailover.evidence.readings import ServerReading, clean_latency, clean_loss
+from wgfailover.prometheus import Sample, escape_regex_value
+from wgfailover.prometheus_pool import open_prometheus
+from wgfailover.servers import Server, resolve_endpoint
+
+log = logging.getLogger(__name__)
+
+# The label that tells the loss series from the latency series in the one
+# combined answer. Prefixed so it cannot clash with a prober's own labels.
+METRIC_LABEL = "wgf_metric"
+
+
+def build_query(settings: FailoverSettings, endpoints: Iterable[str]) -> str:
+    """
+    Given the failover settings and the endpoints to ask about, return the
+    one PromQL query for loss and latency: each template with $hosts (the
+    endpoints, regex-escaped and joined by '|'), $label and $window filled
+    in, its series tagged wgf_metric="loss" or "latency", joined with 'or'.
+    """
+    hosts = "|".join(escape_regex_value(endpoint) for endpoint in sorted(set(endpoints)))
+    values = {"hosts": hosts, "label": settings.label, "window": format_duration(settings.window)}
+    parts = [_tagged(fill_template(settings.query, values), "loss")]
+    if settings.latency_query.strip():
+        parts.append(_tagged(fill_template(settings.latency_query, values), "latency"))
+    return " or ".join(parts)
+
+
+def read_server_readings(
+    samples: Sequence[Sample],
+    label: str,
+    endpoints: Mapping[str, str | None],
+) -> list[ServerReading]:
+    """
+    Given the samples of build_query's answer, the label that holds the
+    endpoint and {server: endpoint}, return one ServerReading per server,
+    cleaned as readings.py says (clamped loss, None for unknown). Servers
+    sharing an endpoint share its values; if several series answer for one
+    endpoint, the worst value counts.
+    """
+    values: dict[tuple[str, str], float] = {}
+    matched = 0
+    for sample in samples:
+        endpoint = sample.labels.get(label)
+        metric = sample.labels.get(METRIC_LABEL)
+        if endpoint is None or metric not in ("loss", "latency"):
+            continue
+        matched += 1
+        value = clean_loss(sample.value) if metric == "loss" else clean_latency(sample.value)
+        if value is None:
+            continue
+        key = (endpoint, metric)
+        values[key] = max(values.get(key, value), value)
+    if samples and not matched:
+        log.warning(
+            "Prometheus answered %d series but none has a %r label; check failover.label and failover.query",
+            len(samples),
+            label,
+        )
+    readings = []
+    for name, endpoint in endpoints.items():
+        if endpoint is None:
+            readings.append(ServerReading(name))
+            continue
+        readings.append(ServerReading(name, values.get((endpoint, "loss")), values.get((endpoint, "latency"))))
+    return readings
+
+
+def find_endpoints(servers: Sequence[Server], skip: set[str], warn: bool) -> dict[str, str | None]:
+    """
+    Given the servers, those not to look up (config missing) and whether to
+    log a lookup failure, return {name: endpoint}, None where it can't be found.
+    """
+    endpoints: dict[str, str | None] = {}
+    for server in servers:
+        if server.name in skip:
+            endpoints[server.name] = server.endpoint
+            continue
+        try:
+            endpoints[server.name] = resolve_endpoint(server)
+        except ConfigError as error:
+            if warn:
+                log.warning("%s; its loss is unknown", error)
+            endpoints[server.name] = None
+    return endpoints
+
+
+def measure_servers(
+    config: Config, endpoints: Mapping[str, str | None], remember: bool
+) -> tuple[list[ServerReading], str | None]:
+    """
+    Given the config, {server: endpoint} and whether to remember a failed
+    Prometheus URL (not in a dry run), return the readings from one query,
+    and None; or no readings and why Prometheus could not be asked.
+    """
+    known = [endpoint for endpoint in endpoints.values() if endpoint is not None]
+    if not known:
+        return [], "no server has a known endpoint to ask Prometheus about"
+    query = build_query(config.failover, known)
+    try:
+        # A credential file that can't be read is a configuration error, but
+        # at failover time the tunnel is already broken: the policy decides.
+        samples = open_prometheus(config.prometheus, config.state_dir, remember=remember).query(query)
+    except (PrometheusError, ConfigError) as error:
+        return [], str(error)
+    return read_server_readings(samples, config.failover.label, endpoints), None
+
+
+def _tagged(expression: str, metric: str) -> str:
+    return f'label_replace({expression}, "{METRIC_LABEL}", "{metric}", "", "")'
