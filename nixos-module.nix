@@ -280,6 +280,18 @@ let
         it (that config is a secret only readable at run time).
       '';
     };
+    options.priority = mkOption {
+      type = types.nullOr types.ints.unsigned;
+      default = null;
+      example = 1;
+      description = ''
+        Lower is preferred. A failover picks a healthy server of the most
+        preferred tier first; with `settings.failover.failback_after` set,
+        the tunnel returns to a more preferred server once it has been
+        healthy that long. Servers without a priority form the last tier;
+        with none at all every server is equal.
+      '';
+    };
   };
 
   netnsService = lib.optional (
@@ -336,7 +348,7 @@ in
       default = { };
       example = literalExpression ''
         {
-          server1.endpoint = "203.0.113.10";
+          server1 = { endpoint = "203.0.113.10"; priority = 1; };
           server2.endpoint = "203.0.113.20";
           server3 = { };
         }
@@ -466,6 +478,7 @@ in
                 "fail"
               ]) "What to do when Prometheus cannot be asked (tool default random).";
               tie_epsilon = toolDefault types.number "Losses closer than this count as equal (tool default 0.02).";
+              failback_after = toolDefault duration "Return to a more preferred server (see servers.<name>.priority) once the prober saw it healthy this long, e.g. \"15m\" (tool default: never).";
             };
           };
 

@@ -542,6 +542,16 @@ def test_module_renders_settings_and_servers(evaluate: Evaluate) -> None:
     assert "textfile_dir" not in rendered
 
 
+def test_module_renders_priorities_and_failback_after(evaluate: Evaluate) -> None:
+    config = with_options(servers={"server1": {"endpoint": "203.0.113.10", "priority": 1}, "server2": {}})
+    settings_of(config)["failover"] = {"failback_after": "15m"}
+    result = evaluate(config)
+    assert result["failedAssertions"] == []
+    rendered = rendered_config(result["services"]["wg-health-check"])
+    assert rendered["servers"] == {"server1": {"endpoint": "203.0.113.10", "priority": 1}, "server2": {}}
+    assert rendered["failover"] == {"failback_after": "15m"}
+
+
 def test_module_takes_servers_from_settings_alone(evaluate: Evaluate) -> None:
     config = with_options(servers={}, probers={"external": {"enable": True}})
     settings_of(config)["servers"] = {"ams1": {"endpoint": "203.0.113.40"}, "fra1": {"endpoint": "203.0.113.50"}}
