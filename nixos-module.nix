@@ -681,9 +681,11 @@ in
             "--reason"
             "unit-failed"
           ];
-          # Must cover lock_timeout + prometheus.timeout + restart_timeout
-          # (30s + 5s + 60s by default) with room to spare.
-          TimeoutStartSec = lib.mkDefault "5min";
+          # Must cover lock_timeout + prometheus.timeout and, for each server
+          # a probation episode may try, restart_timeout + failover.probation
+          # (twice health.min_window when judged by tunnel data): 30s + 5s +
+          # 3 x (60s + 60s) for three servers by default, with room to spare.
+          TimeoutStartSec = lib.mkDefault "10min";
         };
       };
 
@@ -700,8 +702,8 @@ in
         serviceConfig = healthSandbox // {
           Type = "oneshot";
           ExecStart = command "wg-health-check" "wg-health-check" [ ];
-          # A check may switch in-process: same bound as wg-failover.
-          TimeoutStartSec = lib.mkDefault "5min";
+          # A check may switch in-process, probation included: same bound as wg-failover.
+          TimeoutStartSec = lib.mkDefault "10min";
         };
       };
 

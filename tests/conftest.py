@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,21 @@ PublicKey = {public_key}
 Endpoint = {endpoint}:51820
 AllowedIPs = 0.0.0.0/0
 """
+
+
+def without_probation(toml: str) -> str:
+    """
+    Given the tables of a test config, return them with failover.probation
+    = 0 unless they set it: a probation waits for real handshakes or tunnel
+    data after each switch, which a test without a tunnel would wait out.
+    Tests of the probation set it themselves.
+    """
+    if re.search(r"^\s*probation\s*=", toml, re.M):
+        return toml
+    if re.search(r"^\[failover\]\s*$", toml, re.M):
+        return re.sub(r"^\[failover\]\s*$", '[failover]\nprobation = "0"', toml, count=1, flags=re.M)
+    return f'{toml}\n[failover]\nprobation = "0"\n'
+
 
 # Documentation addresses (RFC 5737): never contacted, only parsed.
 DEFAULT_ENDPOINTS = {"server1": "192.0.2.10", "server2": "192.0.2.20", "server3": "192.0.2.30"}
@@ -61,7 +77,7 @@ def make_config_file(tmp_path: Path) -> Callable[..., Path]:
             f"restart_command = {json.dumps(list(restart_command))}\n"
             f"{textwrap.dedent(top)}\n"
             f"{server_tables}\n"
-            f"{textwrap.dedent(extra)}\n"
+            f"{without_probation(textwrap.dedent(extra))}\n"
         )
         path = tmp_path / "config.toml"
         path.write_text(text)

@@ -17,6 +17,8 @@ class ExitCode(enum.IntEnum):
     OK = 0
     ACTION_FAILED = 1  # could not act: restart failed, state not writable, ...
     USAGE = 2  # bad flags; click uses 2 as well
+    LOCAL_FAULT = 3  # wg-failover declined: every server is lossy, the fault is on this side
+    PROBATION_FAILED = 4  # the servers switched to did not carry the tunnel (all servers failed)
     UNAVAILABLE = 69  # EX_UNAVAILABLE: a health check that could not measure
     TEMPFAIL = 75  # EX_TEMPFAIL: the state lock stayed busy past its bound
     CONFIG = 78  # EX_CONFIG: the configuration file is missing or invalid
@@ -54,6 +56,18 @@ class ActionError(WgFailoverError):
     """The command could not do its job (restart failed, disk full, ...)."""
 
     exit_code = ExitCode.ACTION_FAILED
+
+
+class LocalFaultError(WgFailoverError):
+    """wg-failover declined to switch: every server, the current one included, is losing packets."""
+
+    exit_code = ExitCode.LOCAL_FAULT
+
+
+class ProbationFailedError(WgFailoverError):
+    """No server switched to passed its probation; the tunnel stayed on the best-ranked one."""
+
+    exit_code = ExitCode.PROBATION_FAILED
 
 
 class StateError(ActionError):

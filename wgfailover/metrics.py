@@ -139,6 +139,17 @@ def render_metrics(state: StateDir, servers: Sequence[Server]) -> str:
                 "Tunnel packet loss measured by the last health check.",
                 [("", last_check.loss)],
             )
+    # Always present (0 or 1), so an alert can tell "no fault" from "no data".
+    lines += _family(
+        "wg_failover_local_fault",
+        "1 while the last health check saw every server losing packets: the fault is on this side, no switch helps.",
+        [("", 1 if last_check is not None and last_check.local_fault else 0)],
+    )
+    lines += _family(
+        "wg_failover_all_servers_failed",
+        "1 while every server switched to in the last episode failed its probation; no failover until one recovers.",
+        [("", 1 if state.read_all_failed() is not None else 0)],
+    )
     return "\n".join(lines) + "\n"
 
 

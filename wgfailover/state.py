@@ -6,7 +6,10 @@ existing installs and scripts keep working):
 - ``current``: the active server's name and a newline.
 - ``health-failures``: consecutive failed health checks, a number and a newline.
 - ``history.jsonl``: one JSON object per switch (time, from, to, reason, losses).
-- ``last-check.json``: when the last health check ran and what it measured.
+- ``last-check.json``: when the last health check ran and what it measured
+  (and the local fault it saw, if any).
+- ``all-failed.json``: present while every server has failed its probation
+  in one episode: when, which servers and why, where the tunnel stayed.
 - ``lock``: flock(2) target that serialises every read-modify-write.
 - ``pending-reason.json``: why a health check is starting the failover
   through ``health.failover_command``, for that failover to record (see
@@ -41,6 +44,7 @@ CURRENT_FILE = "current"
 FAILURES_FILE = "health-failures"
 HISTORY_FILE = "history.jsonl"
 LAST_CHECK_FILE = "last-check.json"
+ALL_FAILED_FILE = "all-failed.json"
 LOCK_FILE = "lock"
 PENDING_REASON_FILE = "pending-reason.json"
 # A reason is a short line for the history and the metrics' labels.
@@ -102,6 +106,16 @@ class CheckRecord:
     time: float  # unix seconds
     loss: float | None  # None: no data
     span: float | None = None  # seconds of data judged
+    local_fault: str | None = None  # the local fault the check saw ("local fault: every server ..."), if any
+
+
+@dataclasses.dataclass(frozen=True)
+class AllFailedRecord:
+    """Every server switched to in one episode failed its probation."""
+
+    time: float  # unix seconds of the verdict
+    failed: dict[str, str]  # server -> why it failed, in the order tried
+    stayed_on: str | None  # the server the tunnel was left on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,7 +192,7 @@ class StateDir:
                         f"another wg-failover command has held {lock_path} for over {timeout:g}s; giving up"
                     )
                 time.sleep(_LOCK_POLL_SECONDS)
-            for name in (CURRENT_FILE, FAILURES_FILE, HISTORY_FILE, LAST_CHECK_FILE):
+            for name in (CURRENT_FILE, FAILURES_FILE, HISTORY_FILE, LAST_CHECK_FILE, ALL_FAILED_FILE):
                 remove_stale_temps(self.file(name))
             yield
         finally:
@@ -319,10 +333,12 @@ class StateDir:
             data = json.loads(path.read_text(encoding="utf-8"))
             loss = data.get("loss")
             span = data.get("span")
+            local_fault = data.get("local_fault")
             record = CheckRecord(
                 time=float(data["time"]),
                 loss=float(loss) if loss is not None else None,
                 span=float(span) if span is not None else None,
+                local_fault=str(local_fault) if local_fault is not None else None,
             )
             if not math.isfinite(record.time):
                 raise ValueError("time is not a finite number")
@@ -334,8 +350,48 @@ class StateDir:
             return None
 
     def write_last_check(self, record: CheckRecord) -> None:
-        data = {"time": _round_time(record.time), "loss": _rounded(record.loss), "span": record.span}
+        data: dict[str, Any] = {"time": _round_time(record.time), "loss": _rounded(record.loss), "span": record.span}
+        if record.local_fault is not None:
+            data["local_fault"] = record.local_fault
         atomic_write(self.file(LAST_CHECK_FILE), (json.dumps(data, sort_keys=True) + "\n").encode())
+
+    # --- all servers failed -------------------------------------------------
+
+    def read_all_failed(self) -> AllFailedRecord | None:
+        """Return the all-servers-failed record, or None when there is none (or it is unreadable)."""
+        path = self.file(ALL_FAILED_FILE)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            failed = data.get("failed") or {}
+            stayed_on = data.get("stayed_on")
+            record = AllFailedRecord(
+                time=float(data["time"]),
+                failed={str(name): str(why) for name, why in dict(failed).items()},
+                stayed_on=str(stayed_on) if stayed_on is not None else None,
+            )
+            if not math.isfinite(record.time):
+                raise ValueError("time is not a finite number")
+            return record
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError):
+            # Forgetting it costs at most one more pass through the servers.
+            log.warning("%s is unreadable; ignoring it", path)
+            return None
+
+    def write_all_failed(self, record: AllFailedRecord) -> None:
+        data = {"time": record.time, "failed": record.failed, "stayed_on": record.stayed_on}
+        atomic_write(self.file(ALL_FAILED_FILE), (json.dumps(data) + "\n").encode())
+
+    def clear_all_failed(self) -> bool:
+        """Remove the all-servers-failed record; return whether there was one."""
+        try:
+            self.file(ALL_FAILED_FILE).unlink()
+        except FileNotFoundError:
+            return False
+        except OSError as error:
+            raise StateError(f"cannot remove {self.file(ALL_FAILED_FILE)}: {error.strerror}") from None
+        return True
 
     # --- pending reason -----------------------------------------------------
     #

@@ -132,6 +132,7 @@ def make_config(tmp_path: Path, url: str, restart_command: list[str] | None = No
         "restart_command": restart_command or ["true"],
         "servers": {name: {} for name in SERVERS},
         "prometheus": {"url": url, "timeout": 10},
+        "failover": {"probation": 0},  # no tunnel to confirm
     }
     config = parse_config(document, tmp_path / "config.toml")
     state = StateDir(config.state_dir)
@@ -218,6 +219,7 @@ def test_a_prometheus_that_accepts_and_never_answers_still_leads_to_a_switch(tmp
             f'state_dir = "{tmp_path}/state"\nrestart_command = ["true"]\n'
             "[servers.server1]\n[servers.server2]\n[servers.server3]\n"
             f'[prometheus]\nurl = "http://127.0.0.1:{port}"\ntimeout = 1\n'
+            '[failover]\nprobation = "0"\n'
         )
         started = time.monotonic()
         finished = subprocess.run(

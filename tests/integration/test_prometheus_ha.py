@@ -59,6 +59,7 @@ def write_install(tmp_path: Path, urls: list[str]) -> Path:
         f'config_dir = "{config_dir}"\nactive_link = "{tmp_path}/wg-active.conf"\n'
         f'state_dir = "{tmp_path}/state"\nrestart_command = ["true"]\n{servers}'
         f"[prometheus]\nurl = {json.dumps(urls)}\ntimeout = {TIMEOUT:g}\n"
+        '[failover]\nprobation = "0"\n'
     )
     return config_file
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.commands import command_argv
-from tests.conftest import write_wireguard_configs
+from tests.conftest import without_probation, write_wireguard_configs
 from wgfailover.state import SwitchRecord
 
 SERVERS = {"server1": "192.0.2.10", "server2": "192.0.2.20", "server3": "192.0.2.30", "server4": "192.0.2.40"}
@@ -99,7 +99,9 @@ def write_install(
         f'state_dir = "{state_dir or root / "state"}"\n'
         f'textfile_dir = "{textfile_dir or root}"\n'
         f"restart_command = {json.dumps(list(restart_command))}\n"
-        f"{top}\n" + "".join(f"[servers.{name}]\n" for name in servers) + f"\n{prometheus}\n{extra}\n"
+        f"{top}\n"
+        + "".join(f"[servers.{name}]\n" for name in servers)
+        + f"\n{prometheus}\n{without_probation(extra)}\n"
     )
     (root / "config.toml").write_text(text)
     return Install(root=root, config=root / "config.toml", servers=tuple(servers))

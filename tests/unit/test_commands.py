@@ -159,7 +159,8 @@ def test_verbose_health_check_shows_the_promql_and_where_it_goes(
     result = invoke("wg-health-check", "--config", str(path), "--dry-run", "-v")
     assert result.exit_code == 0, result.output
     sent = [line for line in result.stderr.splitlines() if "POST http://prometheus.test:9090/api/v1/query" in line]
-    assert len(sent) == 1 and "smokeping_requests_total" in sent[0]
+    # No data is a failure, so the second query asks whether every server is lossy (a local fault).
+    assert len(sent) == 2 and "smokeping_requests_total" in sent[0] and "wgf_metric" in sent[1]
 
 
 def test_health_check_json_is_one_object_with_the_loss_and_the_counter(

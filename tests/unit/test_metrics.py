@@ -12,7 +12,7 @@ import pytest
 from wgfailover.config import Config
 from wgfailover.metrics import TEXTFILE_NAME, render_metrics, write_metrics
 from wgfailover.servers import Server
-from wgfailover.state import CheckRecord, StateDir
+from wgfailover.state import AllFailedRecord, CheckRecord, StateDir
 
 SERVERS = [
     Server(name="server1", config_path=Path("/nonexistent/server1"), endpoint="192.0.2.1"),
@@ -69,6 +69,8 @@ def test_a_fresh_install_shows_no_server_and_zero_counts(state: StateDir) -> Non
         'wg_failover_server_endpoint_info{server="server2",host="192.0.2.2"}': "1",
         "wg_failover_switches_total": "0",
         "wg_failover_health_consecutive_failures": "0",
+        "wg_failover_local_fault": "0",
+        "wg_failover_all_servers_failed": "0",
     }
 
 
@@ -94,7 +96,20 @@ def test_after_a_failover_the_new_server_is_the_one_shown(state: StateDir) -> No
         "wg_failover_health_consecutive_failures": "2",
         "wg_failover_last_check_timestamp_seconds": "2100",
         "wg_failover_tunnel_loss_ratio": "0.25",
+        "wg_failover_local_fault": "0",
+        "wg_failover_all_servers_failed": "0",
     }
+
+
+def test_a_local_fault_and_all_servers_failed_show_as_1_while_they_last(state: StateDir) -> None:
+    state.write_last_check(CheckRecord(time=100.0, loss=1.0, span=60, local_fault="local fault: every server ..."))
+    state.write_all_failed(AllFailedRecord(time=90.0, failed={"server2": "no handshake"}, stayed_on="server2"))
+    shown = samples(render_metrics(state, SERVERS))
+    assert (shown["wg_failover_local_fault"], shown["wg_failover_all_servers_failed"]) == ("1", "1")
+    state.write_last_check(CheckRecord(time=160.0, loss=0.0, span=60))
+    assert state.clear_all_failed()
+    shown = samples(render_metrics(state, SERVERS))
+    assert (shown["wg_failover_local_fault"], shown["wg_failover_all_servers_failed"]) == ("0", "0")
 
 
 def test_every_family_has_help_and_a_type(state: StateDir) -> None:

@@ -502,7 +502,7 @@ def test_module_wires_units_like_the_original(evaluate: Evaluate, package_dir: P
 
     failover = services["wg-failover"]["serviceConfig"]
     assert failover["Type"] == "oneshot"
-    assert failover["TimeoutStartSec"] == "5min"
+    assert failover["TimeoutStartSec"] == "10min"
     assert failover["ExecStart"].endswith("--reason unit-failed")
 
     tunnel = services["wg"]

@@ -15,16 +15,22 @@ import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
+from wgfailover.actions.probation import confirm_server, rules_for
 from wgfailover.config import Config
-from wgfailover.errors import ActionError, UsageError
+from wgfailover.errors import ActionError, LocalFaultError, ProbationFailedError, UsageError
 from wgfailover.evidence.readings import ServerReading
 from wgfailover.evidence.servers_loss import find_endpoints, measure_servers
+from wgfailover.metrics import write_metrics
+from wgfailover.policy.local_fault import find_local_fault
+from wgfailover.policy.probation import ProbationVerdict, describe_all_failed, next_candidate
 from wgfailover.policy.ranking import RankedServer, better_than_chosen, first_choice, rank_servers
 from wgfailover.servers import Server
-from wgfailover.state import StateDir, SwitchRecord
+from wgfailover.state import AllFailedRecord, StateDir, SwitchRecord
 from wgfailover.switch import switch_to
 
 log = logging.getLogger(__name__)
+
+MANUAL_REASON = "asked for with --to"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +47,9 @@ class FailoverResult:
     dry_run: bool = False
     prometheus_error: str | None = None  # why Prometheus could not be used, if it was asked
     skipped: str | None = None  # why nothing was done although this was no dry run
+    local_fault: str | None = None  # every server lossy: why a dry run would decline
+    probation: str | None = None  # how the server switched to passed its probation
+    tried: tuple[tuple[str, str], ...] = ()  # servers that failed their probation first, and why
 
     @property
     def losses(self) -> dict[str, float | None]:
@@ -56,14 +65,22 @@ def fail_over(
     reason: str,
     to: str | None = None,
     dry_run: bool = False,
+    force: bool = False,
     rng: random.Random | None = None,
     wall_clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> FailoverResult:
     """
     Given the config and the reason to record, rank the other servers from
     Prometheus (or take ``to``, a configured server's name, without asking
     it), then, unless dry_run, switch to the choice under the state lock and
-    restart the tunnel. Return the FailoverResult.
+    restart the tunnel. Unless failover.probation is 0, then confirm the new
+    server (probation.py): one that fails is left at once for the next in
+    the ranking, each candidate tried once. Return the FailoverResult.
+
+    When every server, the current one included, is losing packets (a
+    local fault), switching cannot help: raise LocalFaultError (a dry run
+    says so in ``local_fault``) unless ``force`` or ``to`` is given.
 
     If another switch was recorded while this one waited for the lock (a
     timer-triggered and an OnFailure-triggered failover at once), nothing
@@ -71,7 +88,10 @@ def fail_over(
     not be called while holding the state lock (flock is per open file, so
     it would wait for itself).
 
-    Raise UsageError if ``to`` is not a configured server; ActionError if
+    Raise ProbationFailedError when no server switched to passed (the
+    tunnel is left on the best-ranked one, and state_dir/all-failed.json
+    written; with ``to``, on that server). Raise UsageError if ``to`` is not
+    a configured server; ActionError if
     Prometheus can't be asked and failover.on_prometheus_error is "fail", if
     there is no other usable server, or if the restart fails (the switch is
     then recorded); LockBusyError if the lock stays busy; StateError if the
@@ -85,7 +105,9 @@ def fail_over(
         # No lock: taking it creates the state directory and the lock file,
         # and a dry run touches nothing.
         history = state.read_history()
-        return _decide(config, state, history, reason=reason, to=to, rng=rng, now=wall_clock(), dry_run=True)
+        return _decide(
+            config, state, history, reason=reason, to=to, rng=rng, now=wall_clock(), dry_run=True, force=force
+        )
 
     seen = _last_seq(state.read_history())
     started = wall_clock()
@@ -110,7 +132,9 @@ def fail_over(
                 record=None,
                 skipped=message,
             )
-        result = _decide(config, state, history, reason=reason, to=to, rng=rng, now=wall_clock(), dry_run=False)
+        result = _decide(
+            config, state, history, reason=reason, to=to, rng=rng, now=wall_clock(), dry_run=False, force=force
+        )
         if result.choice is None or result.skipped:
             return result
         record = switch_to(
@@ -122,7 +146,9 @@ def fail_over(
             losses=result.losses,
             now=wall_clock(),
         )
-    return dataclasses.replace(result, record=record)
+        restarted = wall_clock()
+    result = dataclasses.replace(result, record=record)
+    return _probation(config, state, result, record, restarted, wall_clock=wall_clock, sleep=sleep)
 
 
 def check_target(config: Config, name: str) -> Server:
@@ -140,6 +166,91 @@ def check_target(config: Config, name: str) -> Server:
 # --- internals ----------------------------------------------------------------
 
 
+def _probation(
+    config: Config,
+    state: StateDir,
+    result: FailoverResult,
+    record: SwitchRecord,
+    restarted: float,
+    *,
+    wall_clock: Callable[[], float],
+    sleep: Callable[[float], None],
+) -> FailoverResult:
+    """
+    Given a switch just made (its result, record and the time its restart
+    returned), run the probation episode: confirm the server, move on to
+    the next candidate while one fails, and return the result of the switch
+    that passed. The lock is released while waiting, so a health check or
+    another failover is never held up by it; a switch made meanwhile by
+    someone else ends the episode. Raise ProbationFailedError when none passed.
+    """
+    rules = rules_for(config)
+    if not rules.enabled:
+        _clear_all_failed(config, state)
+        return result
+    # One pass through the ranking made when the episode began; by hand,
+    # only the server asked for.
+    by_hand = bool(result.rows) and result.rows[0].reason == MANUAL_REASON
+    order = [] if by_hand else [row.name for row in result.rows if row.rank is not None]
+    tried: dict[str, str] = {}
+    server = record.to_server
+    while True:
+        judgement = confirm_server(config, server, record.time, restarted, wall_clock=wall_clock, sleep=sleep)
+        if judgement.verdict == ProbationVerdict.PASSED:
+            log.info("%s passed its probation: %s", server, judgement.reason)
+            _clear_all_failed(config, state)
+            return dataclasses.replace(
+                result, choice=server, record=record, probation=judgement.reason, tried=tuple(tried.items())
+            )
+        log.warning("%s failed its probation: %s", server, judgement.reason)
+        tried[server] = judgement.reason
+        following = next_candidate(order, tried)
+        with state.locked(config.lock_timeout):
+            last = state.last_switch()
+            if last is None or last.seq != record.seq:
+                message = "another switch was made during the probation; leaving the tunnel to it"
+                log.info("%s", message)
+                return dataclasses.replace(result, record=record, skipped=message, tried=tuple(tried.items()))
+            if following is None:
+                stay = order[0] if order else server
+                if stay != server:
+                    record = switch_to(
+                        config,
+                        state,
+                        to_server=stay,
+                        from_server=server,
+                        reason=f"all servers failed: back to the best-ranked {stay}",
+                        losses=result.losses,
+                        now=wall_clock(),
+                    )
+                message = describe_all_failed(tried, stay)
+                if order:
+                    state.write_all_failed(AllFailedRecord(time=wall_clock(), failed=dict(tried), stayed_on=stay))
+                else:
+                    message = f"{server} failed its probation ({judgement.reason}); staying on it as asked"
+                write_metrics(config.textfile_dir, state, config.servers)
+                raise ProbationFailedError(message)
+            record = switch_to(
+                config,
+                state,
+                to_server=following,
+                from_server=server,
+                reason=f"probation failed: {judgement.reason}",
+                losses=result.losses,
+                now=wall_clock(),
+            )
+            restarted = wall_clock()
+        server = following
+
+
+def _clear_all_failed(config: Config, state: StateDir) -> None:
+    """A server passed (or no probation is run): forget that all servers failed."""
+    with state.locked(config.lock_timeout):
+        if state.clear_all_failed():
+            log.info("no longer in 'all servers failed'")
+            write_metrics(config.textfile_dir, state, config.servers)
+
+
 def _last_seq(history: Sequence[SwitchRecord]) -> int:
     return history[-1].seq if history else 0
 
@@ -154,8 +265,12 @@ def _decide(
     rng: random.Random,
     now: float,
     dry_run: bool,
+    force: bool = False,
 ) -> FailoverResult:
-    """Given the state as it is now, return the decision (nothing is written)."""
+    """
+    Given the state as it is now, return the decision (nothing is written).
+    Raise LocalFaultError if every server is lossy, unless dry_run or force.
+    """
     current = state.read_current(config.server_names)
     if current.name is None and not current.first_boot:
         log.warning("%s; every server is a candidate", current.problem)
@@ -221,6 +336,16 @@ def _decide(
         priorities=config.priorities,
         threshold=config.health.threshold,
     )
+    fault = None
+    if error is None:
+        fault = find_local_fault({r.name: r.loss for r in readings}, config.health.threshold)
+    if fault is not None and not dry_run:
+        if not force:
+            raise LocalFaultError(
+                f"{fault.describe()}; not switching: the fault is on this side and no server would do better "
+                "(--force or --to NAME to switch anyway)"
+            )
+        log.warning("%s; switching anyway (--force)", fault.describe())
     best = first_choice(rows)
     if best is None:
         excluded = "; ".join(f"{row.name}: {row.reason}" for row in rows)
@@ -236,6 +361,7 @@ def _decide(
         endpoints=endpoints,
         dry_run=dry_run,
         prometheus_error=error,
+        local_fault=fault.describe() if fault is not None and not force else None,
     )
 
 
@@ -249,7 +375,7 @@ def _manual_rows(
         measured = by_name.get(name, ServerReading(name))
         return RankedServer(name=name, loss=measured.loss, latency=measured.latency, rank=rank, reason=why)
 
-    yield row(to, 1, "asked for with --to")
+    yield row(to, 1, MANUAL_REASON)
     for server in config.servers:
         if server.name != to:
             yield row(server.name, None, "current" if server.name == current else "not asked for")

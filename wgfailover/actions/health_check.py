@@ -19,13 +19,23 @@ import time
 from collections.abc import Callable
 
 from wgfailover.actions.failover import FailoverResult, fail_over
+from wgfailover.actions.probation import rules_for
 from wgfailover.config import Config, format_duration
-from wgfailover.errors import ActionError, WgFailoverError
+from wgfailover.errors import ActionError, LocalFaultError, ProbationFailedError, WgFailoverError
 from wgfailover.evidence.readings import TunnelReading
+from wgfailover.evidence.servers_loss import find_endpoints, measure_servers
 from wgfailover.evidence.tunnel import measure_tunnel
 from wgfailover.external import run_command
 from wgfailover.metrics import write_metrics
-from wgfailover.policy.health import CheckDecision, CheckEvidence, CheckState, HealthOutcome, decide_check
+from wgfailover.policy.health import (
+    CheckDecision,
+    CheckEvidence,
+    CheckState,
+    HealthOutcome,
+    decide_check,
+    is_failure,
+)
+from wgfailover.policy.local_fault import LocalFault, find_local_fault
 from wgfailover.policy.spans import Span, plan_span
 from wgfailover.state import CheckRecord, StateDir, SwitchRecord
 
@@ -50,6 +60,7 @@ class HealthResult:
     dry_run: bool = False
     trigger: str | None = None  # how the failover is (or would be) triggered
     failover: FailoverResult | None = None  # the in-process failover's result
+    why: str | None = None  # LOCAL_FAULT and HELD: why the failed check leads to no switch
 
 
 def check_health(
@@ -82,8 +93,11 @@ def check_health(
         log.warning("%s", span.warning)
     trigger = _trigger_name(config)
 
-    def result_of(outcome: HealthOutcome, reading: TunnelReading | None, before: int, failures: int) -> HealthResult:
+    def result_of(
+        outcome: HealthOutcome, reading: TunnelReading | None, before: int, failures: int, why: str | None = None
+    ) -> HealthResult:
         return HealthResult(
+            why=why,
             outcome=outcome,
             span=span,
             reading=reading,
@@ -110,15 +124,22 @@ def check_health(
             health.on_no_data,
             policy,
         )
-    evidence = CheckEvidence(time=now, tunnel=reading)
+    local_fault = _find_local_fault(config, reading, span.seconds, remember=not dry_run)
+    evidence = CheckEvidence(time=now, tunnel=reading, local_fault=local_fault)
 
     def decide(before: int) -> CheckDecision:
-        return decide_check(evidence, health, CheckState(failures=before))
+        all_failed = state.read_all_failed()
+        check_state = CheckState(
+            failures=before,
+            all_failed_since=all_failed.time if all_failed is not None else None,
+            hold_down=config.failover.hold_down,
+        )
+        return decide_check(evidence, health, check_state)
 
     if dry_run:
         before = state.read_failures()
         decision = decide(before)
-        return result_of(decision.outcome, reading, before, decision.failures)
+        return result_of(decision.outcome, reading, before, decision.failures, _why(decision))
 
     with state.locked(config.lock_timeout):
         if _switch_key(state.last_switch()) != _switch_key(last_switch) or state.read_last_check() != last_check:
@@ -131,10 +152,16 @@ def check_health(
         before = state.read_failures()
         decision = decide(before)
         state.write_failures(decision.failures)
-        state.write_last_check(CheckRecord(time=now, loss=reading.loss, span=reading.span))
+        fault = decision.reason if decision.outcome == HealthOutcome.LOCAL_FAULT else None
+        state.write_last_check(CheckRecord(time=now, loss=reading.loss, span=reading.span, local_fault=fault))
+        if decision.outcome == HealthOutcome.HEALTHY and state.clear_all_failed():
+            log.info("the tunnel works again: no longer in 'all servers failed'")
         write_metrics(config.textfile_dir, state, config.servers)
 
-    result = result_of(decision.outcome, reading, before, decision.failures)
+    result = result_of(decision.outcome, reading, before, decision.failures, _why(decision))
+    if decision.outcome in (HealthOutcome.LOCAL_FAULT, HealthOutcome.HELD):
+        log.warning("%s", decision.reason)
+        return result
     if decision.outcome != HealthOutcome.FAILOVER:
         log.debug("check: %s, failures %d of %d", decision.outcome, decision.failures, health.max_failures)
         return result
@@ -160,8 +187,11 @@ def trigger_failover(
     command = config.health.failover_command
     if command is not None:
         # `systemctl start` of a oneshot returns when the failover is done, so
-        # allow for everything the failover itself may wait for.
-        timeout = config.lock_timeout + config.prometheus.timeout + config.restart_timeout + _TRIGGER_MARGIN
+        # allow for everything the failover itself may wait for, each
+        # switch of a probation episode included.
+        rules = rules_for(config)
+        per_switch = config.restart_timeout + (rules.limit if rules.enabled else 0.0)
+        timeout = config.lock_timeout + config.prometheus.timeout + len(config.servers) * per_switch + _TRIGGER_MARGIN
         # The failover the command starts records this reason, not its own
         # default (for the module's unit: unit-failed).
         state = StateDir(config.state_dir)
@@ -173,10 +203,44 @@ def trigger_failover(
         return None
     try:
         return fail_over(config, reason=reason, rng=rng, wall_clock=wall_clock)
-    except ActionError:
+    except (ActionError, LocalFaultError, ProbationFailedError):
+        # Their own exit codes (3, 4) tell an OnFailure= chain what happened.
         raise
     except WgFailoverError as error:
         raise ActionError(f"the triggered failover failed: {error}") from error
+
+
+def _find_local_fault(config: Config, reading: TunnelReading, seconds: float, remember: bool) -> LocalFault | None:
+    """
+    Given the config, a tunnel reading and the span it judged, return the
+    LocalFault if the reading is a failure and the external prober saw
+    every server lossy over the same span; else None. Asked only when the
+    check fails (a healthy tunnel needs no second query) and only when
+    Prometheus measured the tunnel: a handshake alone cannot tell a dead
+    uplink from a dead server, so such a check counts as before.
+    """
+    if not is_failure(reading, config.health):
+        return None
+    if reading.source != "prometheus":
+        # Counting is the safe side: the probation stops a pointless walk
+        # through the servers after one pass.
+        log.warning(
+            "Prometheus unusable: a handshake alone cannot tell this host's uplink failing from the server "
+            "failing; counting the check"
+        )
+        return None
+    endpoints = find_endpoints(config.servers, skip=set(), warn=False)
+    # A wrong failover.label is reported by the failover's own query; every
+    # failed check need not repeat it.
+    readings, error = measure_servers(config, endpoints, remember=remember, window=seconds, warn=False)
+    if error is not None:
+        log.warning("%s; cannot tell a local fault from a server fault: counting the check", error)
+        return None
+    return find_local_fault({r.name: r.loss for r in readings}, config.health.threshold)
+
+
+def _why(decision: CheckDecision) -> str | None:
+    return decision.reason if decision.outcome in (HealthOutcome.LOCAL_FAULT, HealthOutcome.HELD) else None
 
 
 def _trigger_name(config: Config) -> str:

@@ -29,7 +29,11 @@ from wgfailover.state import StateDir
         "switch the active-config symlink to the best one and restart the tunnel. When Prometheus "
         'cannot be asked the pick is random, unless failover.on_prometheus_error is "fail" (then exit 1). '
         "With --to NAME, switch to that server without waiting for Prometheus (the current one: nothing "
-        "to do); the losses Prometheus has at that moment are still recorded. " + exit_codes_help("wg-failover")
+        "to do); the losses Prometheus has at that moment are still recorded. "
+        "When every server, the current one included, is losing packets the fault is on this side: it "
+        "declines (exit 3) unless --force or --to is given. After the switch the new server is confirmed "
+        "within failover.probation; one that fails is left at once for the next candidate, each tried once "
+        "(none passing: exit 4). " + exit_codes_help("wg-failover")
     ),
 )
 @common_options
@@ -41,6 +45,7 @@ from wgfailover.state import StateDir
     shell_complete=complete_server_names,
     help="Switch to this configured server by hand.",
 )
+@click.option("--force", is_flag=True, help="Switch even when every server is losing packets (a local fault).")
 @click.option(
     "--reason",
     metavar="TEXT",
@@ -76,12 +81,13 @@ def main(
     verbose: bool,
     dry_run: bool,
     to: str | None,
+    force: bool,
     reason: str | None,
     show_status: bool,
     history: int | None,
 ) -> None:
     with handle_errors("wg-failover", verbose, as_json):
-        if (show_status or history) and (to or dry_run or reason or (show_status and history)):
+        if (show_status or history) and (to or dry_run or reason or force or (show_status and history)):
             raise click.UsageError("--status and --history only combine with --config, --json and -v")
         config = load_or_check(config_path, check_config, as_json)
         if show_status or history:
@@ -96,7 +102,9 @@ def main(
             # Started by a health check through health.failover_command: its
             # reason, with the loss it saw, replaces this unit's default.
             reason = StateDir(config.state_dir).claim_pending_reason(time.time()) or reason
-        result = fail_over(config, reason=reason or ("manual" if to else "failover"), to=to, dry_run=dry_run)
+        result = fail_over(
+            config, reason=reason or ("manual" if to else "failover"), to=to, dry_run=dry_run, force=force
+        )
         if as_json:
             print_json(failover_to_json(result))
         else:

@@ -24,7 +24,10 @@ from wgfailover.commands.common import (
         "from the prober inside the VPN namespace. health.max_failures checks in a row above "
         "health.threshold trigger a failover; one good check resets the count. "
         "When Prometheus can't be asked, the count stays as it was, unless health.interface is set: "
-        "then the newest WireGuard handshake decides. " + exit_codes_help("wg-health-check")
+        "then the newest WireGuard handshake decides. A failed check while the external prober sees every "
+        "server losing packets is a local fault: not counted, no switch. After every server failed its "
+        "probation, no failover until a check is healthy or failover.hold_down passes. "
+        + exit_codes_help("wg-health-check")
     ),
 )
 @click.option(

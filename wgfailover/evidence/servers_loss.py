@@ -25,15 +25,17 @@ log = logging.getLogger(__name__)
 METRIC_LABEL = "wgf_metric"
 
 
-def build_query(settings: FailoverSettings, endpoints: Iterable[str]) -> str:
+def build_query(settings: FailoverSettings, endpoints: Iterable[str], window: float | None = None) -> str:
     """
-    Given the failover settings and the endpoints to ask about, return the
-    one PromQL query for loss and latency: each template with $hosts (the
-    endpoints, regex-escaped and joined by '|'), $label and $window filled
-    in, its series tagged wgf_metric="loss" or "latency", joined with 'or'.
+    Given the failover settings, the endpoints to ask about and the window
+    (None: failover.window), return the one PromQL query for loss and
+    latency: each template with $hosts (the endpoints, regex-escaped and
+    joined by '|'), $label and $window filled in, its series tagged
+    wgf_metric="loss" or "latency", joined with 'or'.
     """
     hosts = "|".join(escape_regex_value(endpoint) for endpoint in sorted(set(endpoints)))
-    values = {"hosts": hosts, "label": settings.label, "window": format_duration(settings.window)}
+    seconds = settings.window if window is None else window
+    values = {"hosts": hosts, "label": settings.label, "window": format_duration(seconds)}
     parts = [_tagged(fill_template(settings.query, values), "loss")]
     if settings.latency_query.strip():
         parts.append(_tagged(fill_template(settings.latency_query, values), "latency"))
@@ -44,6 +46,7 @@ def read_server_readings(
     samples: Sequence[Sample],
     label: str,
     endpoints: Mapping[str, str | None],
+    warn: bool = True,
 ) -> list[ServerReading]:
     """
     Given the samples of build_query's answer, the label that holds the
@@ -65,7 +68,7 @@ def read_server_readings(
             continue
         key = (endpoint, metric)
         values[key] = max(values.get(key, value), value)
-    if samples and not matched:
+    if samples and not matched and warn:
         log.warning(
             "Prometheus answered %d series but none has a %r label; check failover.label and failover.query",
             len(samples),
@@ -100,24 +103,26 @@ def find_endpoints(servers: Sequence[Server], skip: set[str], warn: bool) -> dic
 
 
 def measure_servers(
-    config: Config, endpoints: Mapping[str, str | None], remember: bool
+    config: Config, endpoints: Mapping[str, str | None], remember: bool, window: float | None = None, warn: bool = True
 ) -> tuple[list[ServerReading], str | None]:
     """
-    Given the config, {server: endpoint} and whether to remember a failed
-    Prometheus URL (not in a dry run), return the readings from one query,
-    and None; or no readings and why Prometheus could not be asked.
+    Given the config, {server: endpoint}, whether to remember a failed
+    Prometheus URL (not in a dry run), the window (None: failover.window)
+    and whether to warn about series without the endpoint label, return the
+    readings from one query, and None; or no readings and why Prometheus
+    could not be asked.
     """
     known = [endpoint for endpoint in endpoints.values() if endpoint is not None]
     if not known:
         return [], "no server has a known endpoint to ask Prometheus about"
-    query = build_query(config.failover, known)
+    query = build_query(config.failover, known, window)
     try:
         # A credential file that can't be read is a configuration error, but
         # at failover time the tunnel is already broken: the policy decides.
         samples = open_prometheus(config.prometheus, config.state_dir, remember=remember).query(query)
     except (PrometheusError, ConfigError) as error:
         return [], str(error)
-    return read_server_readings(samples, config.failover.label, endpoints), None
+    return read_server_readings(samples, config.failover.label, endpoints, warn), None
 
 
 def _tagged(expression: str, metric: str) -> str:

@@ -44,6 +44,9 @@ def failover_to_json(result: FailoverResult) -> dict[str, Any]:
         "from": result.from_server,
         "choice": result.choice,
         "skipped": result.skipped,
+        "local_fault": result.local_fault,
+        "probation": result.probation,
+        "failed_probation": [{"server": name, "why": why} for name, why in result.tried],
         "prometheus": {"used": result.used_prometheus, "error": result.prometheus_error},
         "servers": [
             {
@@ -78,9 +81,13 @@ def _milliseconds(value: float | None) -> str:
 def _outcome(result: FailoverResult) -> str:
     if result.skipped:
         return f"not switching: {result.skipped}"
+    if result.dry_run and result.local_fault:
+        return f"would not switch: {result.local_fault} (dry run: nothing changed; --force to switch anyway)"
     best = first_choice(result.rows)
-    why = f": {best.reason}" if best else ""
-    move = f"from {result.from_server or 'none'} to {result.choice}{why}"
+    why = f": {best.reason}" if best and best.name == result.choice else ""
+    tried = "".join(f"{name} failed its probation ({reason}), then " for name, reason in result.tried)
+    move = f"from {result.from_server or 'none'} to {tried}{result.choice}{why}"
     if result.dry_run:
         return f"would switch {move} (dry run: nothing changed)"
-    return f"switched {move} (reason: {one_line(result.reason)})"
+    passed = f"; probation passed: {result.probation}" if result.probation else ""
+    return f"switched {move} (reason: {one_line(result.reason)}){passed}"

@@ -31,7 +31,11 @@ def describe_check(result: HealthResult) -> str:
         if result.failures_before:
             return f"healthy: {seen}; {would}reset {count} to 0"
         return f"healthy: {seen}; {count}"
+    if result.outcome == HealthOutcome.LOCAL_FAULT:
+        return f"unhealthy: {seen}; {result.why}; not counted, no switch ({count})"
     reached = f"failure {result.failures_before + 1} of {result.max_failures}"
+    if result.outcome == HealthOutcome.HELD:
+        return f"unhealthy: {seen}; {reached}: not failing over: {result.why}"
     if result.outcome == HealthOutcome.FAILURE:
         return f"unhealthy: {seen}; {would}count {reached}"
     if result.dry_run:
@@ -44,7 +48,9 @@ def describe_check(result: HealthResult) -> str:
 def _describe_failover(failover: FailoverResult) -> str:
     if failover.skipped:
         return f"not failing over: {failover.skipped}"
-    return f"failed over from {failover.from_server or 'none'} to {failover.choice}"
+    failed = ", ".join(name for name, _ in failover.tried)
+    tried = f" ({failed} failed its probation)" if failed else ""
+    return f"failed over from {failover.from_server or 'none'} to {failover.choice}{tried}"
 
 
 def check_level(result: HealthResult) -> int:
@@ -76,5 +82,6 @@ def check_to_json(result: HealthResult) -> dict[str, Any]:
         "failures": result.failures,
         "max_failures": result.max_failures,
         "trigger": result.trigger,
+        "why": result.why,
         "failover": failover_to_json(result.failover) if result.failover else None,
     }

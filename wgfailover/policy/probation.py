@@ -14,7 +14,9 @@ check's, ``OnFailure=``'s, by hand) the new server is confirmed within
   of data gathered wholly after the restart, at or below
   ``health.threshold``, the same rule a health check applies. Such data
   needs min_window plus a scrape to reach Prometheus, so this probation
-  lasts at least twice min_window.
+  lasts at least twice min_window. When Prometheus cannot be asked nothing
+  can be confirmed or condemned: the server is kept, and the health checks
+  judge it as any other.
 
 A server that fails is left at once for the next candidate, in the order of
 the ranking made when the episode began (the failed server is held down by
@@ -88,6 +90,7 @@ class ProbationReading:
     handshake_after: float | None = None  # HANDSHAKE: seconds after the restart of a handshake; None: none yet
     loss: float | None = None  # TUNNEL_DATA: loss over ``span``; None: no data
     span: float | None = None  # TUNNEL_DATA: seconds of data judged, all after the restart
+    error: str | None = None  # TUNNEL_DATA: why Prometheus could not be asked
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +117,11 @@ def judge_probation(server: str, reading: ProbationReading, rules: ProbationRule
         if out_of_time:
             return ProbationJudgement(ProbationVerdict.FAILED, f"no handshake with {server} within {limit}")
         return ProbationJudgement(ProbationVerdict.WAITING, f"no handshake with {server} yet")
+    if reading.error is not None:
+        # Nothing can confirm the server, nor condemn it: moving on would
+        # walk through every server on a Prometheus outage alone. The
+        # health checks judge it as any server.
+        return ProbationJudgement(ProbationVerdict.PASSED, f"not confirmed, Prometheus unusable ({reading.error})")
     full = reading.span is not None and reading.span >= rules.min_window
     if full and reading.loss is not None:
         over = format_duration(reading.span or 0)

@@ -36,6 +36,7 @@ def config_file(tmp_path: Path) -> Path:
         'restart_command = ["true"]\n'
         "[servers.server1]\n[servers.server2]\n[servers.server3]\n"
         f'[prometheus]\nurl = "{URL}"\ntimeout = 2\n'
+        '[failover]\nprobation = "0"\n'
     )
     return path
 
@@ -166,7 +167,9 @@ def test_to_an_unknown_server_exits_2_with_the_names(config_file: Path) -> None:
 
 
 def test_on_prometheus_error_fail_exits_1(config_file: Path, requests_mock: Any) -> None:
-    config_file.write_text(config_file.read_text() + '[failover]\non_prometheus_error = "fail"\n')
+    config_file.write_text(
+        config_file.read_text().replace("[failover]\n", '[failover]\non_prometheus_error = "fail"\n')
+    )
     requests_mock.post(QUERY_URL, status_code=503, json={"status": "error", "errorType": "unavailable", "error": "x"})
     result = invoke(config_file)
     assert result.exit_code == 1
@@ -201,7 +204,8 @@ def test_json_and_history_show_losses_as_measured_not_float_noise(
     config_file: Path, requests_mock: Any, tmp_path: Path
 ) -> None:
     # 1 - 0.55 in floating point: what a loss query really answers.
-    noisy = answer(("192.0.2.1", "loss", 1), ("192.0.2.2", "loss", 1 - 0.55), ("192.0.2.3", "loss", 0.6))
+    # (server1, the current one, at 0.1: were every server lossy, it would decline.)
+    noisy = answer(("192.0.2.1", "loss", 0.1), ("192.0.2.2", "loss", 1 - 0.55), ("192.0.2.3", "loss", 0.6))
     requests_mock.post(QUERY_URL, json=noisy)
     result = invoke(config_file, "--json")
     assert result.exit_code == 0

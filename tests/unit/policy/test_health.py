@@ -119,4 +119,6 @@ def test_outcomes_print_as_their_values() -> None:
         "ignored",
         "waiting",
         "superseded",
+        "local fault",
+        "held",
     ]

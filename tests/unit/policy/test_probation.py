@@ -55,6 +55,12 @@ def test_handshake_probation(reading: ProbationReading, verdict: ProbationVerdic
         (ProbationReading(elapsed=59, loss=None, span=58), WAITING, "waiting for 30s of data"),
         (ProbationReading(elapsed=60, loss=None, span=59), FAILED, "no tunnel data over 30s on server2 within 60s"),
         (ProbationReading(elapsed=60), FAILED, "no tunnel data over 30s on server2 within 60s"),
+        # Prometheus unusable: kept unconfirmed rather than walking through every server.
+        (
+            ProbationReading(elapsed=31, span=30, error="connection refused"),
+            PASSED,
+            "not confirmed, Prometheus unusable (connection refused)",
+        ),
     ],
 )
 def test_tunnel_data_probation(reading: ProbationReading, verdict: ProbationVerdict, reason: str) -> None:
