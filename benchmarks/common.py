@@ -20,6 +20,7 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from wglab.lab import toml_value
 
@@ -261,6 +262,26 @@ def seed_env(workdir: Path, servers: Mapping[str, str], url: str, window: str = 
         "SEED_SECRETS": str(workdir / "configs"),
         "SEED_RESTART": "true",
         "SEED_TRIGGER": "true",
+        "SEED_WINDOW": window,
+    }
+
+
+def lab_seed_env(lab: Any, failover_script: Path, window: str) -> dict[str, str]:
+    """
+    Given a running wglab.lab.Lab, the original wg-failover.sh and the rate()
+    window, return the SEED_* environment that runs the original
+    wg-health-check.sh against the lab, failing over with wg-failover.sh
+    and restarting the lab's tunnel.
+    """
+    return {
+        "SEED_URL": lab.prometheus_url,
+        "SEED_SERVERS": " ".join(f"{name}={lab.endpoint_ip[name]}" for name in lab.server_names),
+        "SEED_STATE": str(lab.state_dir),
+        "SEED_LINK": str(lab.active_link),
+        "SEED_SECRETS": str(lab.config_dir),
+        # Both are expanded unquoted by the scripts, so words split as in a unit's ExecStart.
+        "SEED_RESTART": " ".join(lab.restart_command),
+        "SEED_TRIGGER": f"bash {failover_script}",
         "SEED_WINDOW": window,
     }
 

@@ -84,7 +84,6 @@ def run_trial(
     with Lab(servers=3) as lab:
         lab.wait_for_metrics(timeout=90)
         names = lab.server_names
-        servers = {name: lab.endpoint_ip[name] for name in names}
         lab.state_dir.mkdir(parents=True, exist_ok=True)
         # The lab's config names a textfile_dir it does not create, as node_exporter's package would.
         lab.textfile_dir.mkdir(parents=True, exist_ok=True)
@@ -102,17 +101,7 @@ def run_trial(
             if script is None or failover is None:
                 raise RuntimeError(f"the original scripts are not in {seed_dir}")
             argv = ["bash", str(script)]
-            env = {
-                "SEED_URL": lab.prometheus_url,
-                "SEED_SERVERS": " ".join(f"{name}={ip}" for name, ip in servers.items()),
-                "SEED_STATE": str(lab.state_dir),
-                "SEED_LINK": str(lab.active_link),
-                "SEED_SECRETS": str(lab.config_dir),
-                # Both are expanded unquoted by the scripts, so words split as in a unit's ExecStart.
-                "SEED_RESTART": " ".join(lab.restart_command),
-                "SEED_TRIGGER": f"bash {failover}",
-                "SEED_WINDOW": window,
-            }
+            env = common.lab_seed_env(lab, failover, window)
 
         next_tick = time.monotonic()
         last_error = ""

@@ -467,15 +467,20 @@ class Outcome:
     switch: SwitchRecord | None = None
     from_server: str | None = None
     command: CommandRun | None = None
+    switches: int = 0  # switches recorded in the history during the scenario
+    restarts: int = 0  # tunnel restarts during the scenario
+    restored_after: float | None = None  # seconds from the fault until traffic flowed again
+    allowed_exit_codes: tuple[int, ...] = (0,)  # of wg-health-check: 4 where every server may fail
 
     @property
     def failed_checks(self) -> list[str]:
-        """Return a problem per check whose wg-health-check did not exit 0
-        (it exits 0 for healthy, failed and failed-over checks alike)."""
+        """Return a problem per check whose wg-health-check exited with a
+        code the scenario does not expect (it exits 0 for healthy, failed
+        and failed-over checks alike)."""
         return [
             f"check {c.number}: wg-health-check exited {c.run.exit_code}: {c.run.summary}"
             for c in self.checks
-            if c.run.exit_code != 0
+            if c.run.exit_code not in self.allowed_exit_codes
         ]
 
     @property
@@ -750,6 +755,201 @@ def unit_failed(runner: Runner) -> Outcome:
     return outcome
 
 
+class Tally:
+    """Counts what the commands did from a starting point: switches in the
+    history, tunnel restarts, seconds."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+        last = runner.last_switch()
+        self.seq = last.seq if last is not None else 0
+        self.restarts = runner.lab.restart_count()
+        self.started = time.monotonic()
+
+    def switches(self) -> list[SwitchRecord]:
+        """Return the history records made since the tally began."""
+        return [r for r in self.runner.state.read_history() if r.seq > self.seq]
+
+    def restarts_since(self) -> int:
+        return self.runner.lab.restart_count() - self.restarts
+
+    def seconds(self) -> float:
+        return time.monotonic() - self.started
+
+    def fill(self, outcome: Outcome) -> None:
+        """Record the switches and restarts counted so far in the outcome."""
+        outcome.switches = len(self.switches())
+        outcome.restarts = self.restarts_since()
+
+
+def _path(records: Sequence[SwitchRecord]) -> str:
+    """Given switch records, return 'server1 -> server2 (reason) -> server3 (reason)'."""
+    if not records:
+        return "no switch"
+    steps = [records[0].from_server or "none"]
+    steps += [f"{r.to_server} ({r.reason})" for r in records]
+    return " -> ".join(steps)
+
+
+def uplink(runner: Runner, checks: int = 10) -> Outcome:
+    """The host's own uplink fails: 100% loss between the host and every
+    server (the client's WireGuard packets and the external prober's pings
+    alike) for `checks` checks, then none. Expect no switch and no tunnel
+    restart, every check under the outage reporting a local fault with the
+    counter standing still, and afterwards normal checks, still no switch."""
+    runner.settle()
+    server = runner.current()
+    after = runner.max_failures + 1
+    outcome = Outcome(
+        "uplink",
+        f"0 switches and 0 tunnel restarts over {checks} checks with the uplink down (each a local fault) "
+        f"and {after} checks after it comes back, the last one healthy",
+        from_server=server,
+    )
+    tally = Tally(runner)
+    runner.say(f"--- uplink: 100% loss between the host and every server for {checks} checks ---")
+    runner.lab.set_uplink_loss(100)
+    try:
+        down = [runner.check() for _ in range(checks)]
+    finally:
+        runner.lab.set_uplink_loss(0)
+    runner.say("the uplink is back")
+    back = [runner.check() for _ in range(after)]
+    outcome.checks = down + back
+    tally.fill(outcome)
+    local = [c for c in down if "local fault" in c.run.stdout]
+    outcome.observed = (
+        f"{len(local)} of {checks} checks reported a local fault, counter at most "
+        f"{max(c.failures for c in down)}; {outcome.switches} switches, {outcome.restarts} restarts; "
+        f"after: {back[-1].run.summary}"
+    )
+    if outcome.switches:
+        outcome.problems.append(f"switched although every server was lost: {_path(tally.switches())}")
+    if outcome.restarts:
+        outcome.problems.append(f"the tunnel was restarted {outcome.restarts} times")
+    # The first check may still judge data from before the outage, when
+    # the prober's window had not filled: allow it to be an ordinary check.
+    if len(local) < checks - 1:
+        outcome.problems.append(f"only {len(local)} of {checks} checks under the outage reported a local fault")
+    if back[-1].bad or back[-1].failures:
+        outcome.problems.append(f"the last check after the outage is not healthy: {back[-1].run.summary}")
+    if runner.current() != server or runner.lab.active_server() != server:
+        outcome.problems.append(f"the tunnel is no longer on {server}")
+    return outcome
+
+
+def dead_replacement(runner: Runner, dead: str | None = None) -> Outcome:
+    """A hard outage of the active server while one other server's WireGuard
+    is down (its host still answers pings, so it ranks as healthy). Expect
+    traffic through the working server within max_failures checks plus the
+    probation, and at most 2 switches, whichever server the random tie-break
+    picks first."""
+    runner.settle()
+    server = runner.current()
+    others = [name for name in runner.config.server_names if name != server]
+    if server is None or len(others) < 2:
+        raise ScenarioError("dead-replacement needs a current server and two others")
+    dead = dead if dead in others else others[0]
+    working = [name for name in others if name != dead]
+    outcome = Outcome(
+        "dead-replacement",
+        f"traffic through {' or '.join(working)} within {runner.max_failures} checks plus the probation, "
+        "at most 2 switches",
+        from_server=server,
+    )
+    runner.say(f"--- dead-replacement: {dead}'s WireGuard down (pings still answered), then 100% loss to {server} ---")
+    runner.lab.set_wireguard_up(dead, False)
+    tally = Tally(runner)
+    runner.lab.set_loss(server, 100)
+    outcome.checks = runner.checks_until_switch(runner.max_failures + 1)
+    switches = tally.switches()
+    outcome.switch = switches[-1] if switches else None
+    if outcome.switch is not None:
+        try:
+            runner.wait_for_traffic(outcome.switch.to_server)
+            outcome.restored_after = tally.seconds()
+        except ScenarioError as exc:
+            outcome.problems.append(str(exc))
+    tally.fill(outcome)
+    first = switches[0].to_server if switches else None
+    outcome.observed = f"picked {first} first; {_path(switches)}; restored after {len(outcome.checks)} checks" + (
+        f" ({outcome.restored_after:.0f}s)" if outcome.restored_after is not None else ""
+    )
+    if outcome.switch is None:
+        outcome.problems.append(f"no switch within {runner.max_failures + 1} checks")
+    elif outcome.switch.to_server not in working:
+        outcome.problems.append(f"the tunnel ended on {outcome.switch.to_server}, not on {' or '.join(working)}")
+    if len(switches) > 2:
+        outcome.problems.append(f"{len(switches)} switches")
+    if first == dead and not any(r.reason.startswith("probation failed") for r in switches):
+        outcome.problems.append(f"{dead} was left without a 'probation failed' reason")
+    runner.lab.set_wireguard_up(dead, True)
+    return outcome
+
+
+def all_down(runner: Runner, checks_after: int = 5) -> Outcome:
+    """Every server's WireGuard down (every endpoint still answers pings).
+    Expect one pass through the other servers, then `all servers failed`
+    (wg-health-check exits 4), and no further switch or tunnel restart in
+    `checks_after` checks; once the servers are back, a healthy check on
+    the server it stayed on, still without a switch."""
+    runner.settle()
+    server = runner.current()
+    others = len(runner.config.server_names) - 1
+    outcome = Outcome(
+        "all-down",
+        f"one pass ({others} switches and a return to the best-ranked server at most), 'all servers failed', "
+        f"then no switch or restart in {checks_after} checks, and healthy once the servers are back",
+        from_server=server,
+        allowed_exit_codes=(0, 4),
+    )
+    runner.say("--- all-down: every server's WireGuard down (their hosts still answer pings) ---")
+    for name in runner.config.server_names:
+        runner.lab.set_wireguard_up(name, False)
+    tally = Tally(runner)
+    try:
+        outcome.checks = runner.checks_until_switch(runner.max_failures + 1)
+        episode = tally.switches()
+        restarts = tally.restarts_since()
+        failed_check = outcome.checks[-1] if outcome.checks else None
+        runner.say(f"--- all-down: {checks_after} more checks with every server still down ---")
+        held = Tally(runner)
+        later = [runner.check() for _ in range(checks_after)]
+        outcome.checks += later
+        more_switches, more_restarts = len(held.switches()), held.restarts_since()
+    finally:
+        for name in runner.config.server_names:
+            runner.lab.set_wireguard_up(name, True)
+    runner.say("--- all-down: every server's WireGuard is back ---")
+    stayed = runner.current()
+    try:
+        runner.wait_for_traffic(stayed)
+    except ScenarioError as exc:
+        outcome.problems.append(f"no traffic once the servers are back: {exc}")
+    recovered = Tally(runner)
+    back = [runner.check() for _ in range(2)]
+    outcome.checks += back
+    tally.fill(outcome)
+    outcome.observed = (
+        f"{_path(episode)} ({restarts} restarts); the failing-over check exited "
+        f"{failed_check.run.exit_code if failed_check else '-'}; then {more_switches} switches and "
+        f"{more_restarts} restarts in {checks_after} checks; after recovery: {back[-1].run.summary}"
+    )
+    if not episode:
+        outcome.problems.append("no switch at all")
+    if len(episode) > others + 1:
+        outcome.problems.append(f"{len(episode)} switches in the episode: more than one pass")
+    if failed_check is None or failed_check.run.exit_code != 4 or "all servers failed" not in failed_check.run.stderr:
+        outcome.problems.append("the failing-over check did not exit 4 with 'all servers failed'")
+    if more_switches or more_restarts:
+        outcome.problems.append(f"{more_switches} switches and {more_restarts} restarts after all servers failed")
+    if recovered.switches():
+        outcome.problems.append(f"switched after the servers came back: {_path(recovered.switches())}")
+    if back[-1].bad:
+        outcome.problems.append(f"not healthy once the servers were back: {back[-1].run.summary}")
+    return outcome
+
+
 SCENARIOS: dict[str, Callable[..., Outcome]] = {
     "outage": outage,
     "loss": partial_loss,
@@ -758,6 +958,9 @@ SCENARIOS: dict[str, Callable[..., Outcome]] = {
     "frozen-prometheus": frozen_prometheus,
     "restart-fails": restart_fails,
     "unit-failed": unit_failed,
+    "uplink": uplink,
+    "dead-replacement": dead_replacement,
+    "all-down": all_down,
 }
 
 
@@ -835,7 +1038,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="a scenario to run (repeatable; default: all)",
     )
     parser.add_argument("--loss", type=float, default=30.0, help="percent loss for the 'loss' scenario (default 30)")
-    parser.add_argument("--checks", type=int, default=10, help="checks after the switch in 'no-cascade' (default 10)")
+    parser.add_argument(
+        "--checks",
+        type=int,
+        default=10,
+        help="checks after the switch in 'no-cascade', with the uplink down in 'uplink' (default 10)",
+    )
     parser.add_argument(
         "--interval",
         type=float,
@@ -903,7 +1111,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EX_CONFIG
     exit_on_hangup()
     say = Narrator()
-    kwargs: dict[str, dict[str, Any]] = {"loss": {"percent": args.loss}, "no-cascade": {"checks": args.checks}}
+    kwargs: dict[str, dict[str, Any]] = {
+        "loss": {"percent": args.loss},
+        "no-cascade": {"checks": args.checks},
+        "uplink": {"checks": args.checks},
+    }
 
     def run_all() -> list[Outcome]:
         outcomes = []

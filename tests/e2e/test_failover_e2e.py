@@ -30,7 +30,9 @@ from wglab.lab import Lab
 from wglab.scenarios import (
     REQUIRED_BINARIES,
     Runner,
+    all_down,
     blip,
+    dead_replacement,
     frozen_prometheus,
     lab_server_names,
     no_cascade,
@@ -38,6 +40,7 @@ from wglab.scenarios import (
     partial_loss,
     restart_fails,
     unit_failed,
+    uplink,
     write_lab_config,
 )
 
@@ -159,6 +162,58 @@ def test_the_onfailure_path_switches_and_records_unit_failed(runner: Runner) -> 
     assert outcome.switch.to_server != outcome.from_server
     assert runner.current() == outcome.switch.to_server == runner.lab.active_server()
     assert outcome.ok, outcome.describe()
+
+
+# --- where the fault is (issue 15) -------------------------------------------
+
+
+def test_with_the_uplink_down_it_stays_put_reports_a_local_fault_and_restarts_nothing(runner: Runner) -> None:
+    outcome = uplink(runner, checks=10)
+    down = outcome.checks[:10]
+    assert (outcome.switches, outcome.restarts) == (0, 0), outcome.describe()
+    local = [c for c in down if "local fault: every server is losing packets (server1 100%" in c.run.stdout]
+    assert len(local) >= 9, outcome.describe()
+    assert all(c.failures == 0 for c in down)  # the counter never ran towards a failover
+    after = outcome.checks[10:]
+    assert after[-1].judged and not after[-1].bad and after[-1].failures == 0
+    assert runner.current() == outcome.from_server == runner.lab.active_server()
+    assert runner.lab.ping_through_tunnel()
+    assert outcome.ok, outcome.describe()
+
+
+@pytest.mark.parametrize("probation_by", ["tunnel data", "handshake"])
+def test_a_dead_replacement_is_left_at_once_for_the_working_server(lab: Lab, runner: Runner, probation_by: str) -> None:
+    if probation_by == "handshake":
+        path = runner.variant_config("handshake", **{"health.interface": lab.client_iface, "health.netns": lab.vpn_ns})
+        runner = Runner(lab, path)
+    picks = []
+    # Twice, so the random tie-break between the dead and the working
+    # server has two chances to pick each; either way the same must hold.
+    for _ in range(2):
+        outcome = dead_replacement(runner)
+        switches = outcome.switches
+        assert outcome.switch is not None, outcome.describe()
+        assert switches <= 2, outcome.describe()
+        assert len(outcome.checks) <= runner.max_failures, outcome.describe()
+        assert runner.lab.active_server() == runner.current() == outcome.switch.to_server
+        assert runner.lab.ping_through_tunnel()
+        assert outcome.ok, outcome.describe()
+        picks.append(outcome.observed.split(";")[0])
+    print(f"first picks ({probation_by}): {picks}")
+
+
+def test_when_every_server_is_down_it_makes_one_pass_then_stays_until_one_recovers(runner: Runner) -> None:
+    outcome = all_down(runner, checks_after=3)
+    assert outcome.ok, outcome.describe()
+    episode = runner.state.read_history()
+    reasons = [r.reason for r in episode[-3:]]
+    assert reasons[0].startswith("health-check: loss 1 > 0.15 for 3 checks"), reasons
+    assert reasons[1].startswith("probation failed: tunnel loss"), reasons
+    assert reasons[2].startswith("all servers failed: back to the best-ranked"), reasons
+    failed = next(c for c in outcome.checks if c.run.exit_code == 4)
+    assert "all servers failed (" in failed.run.stderr
+    assert runner.state.read_all_failed() is None  # a healthy check ended it
+    assert runner.lab.ping_through_tunnel()
 
 
 # --- a user's config in the lab (no root needed) ---------------------------
