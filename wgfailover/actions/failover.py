@@ -66,6 +66,7 @@ def fail_over(
     to: str | None = None,
     dry_run: bool = False,
     force: bool = False,
+    back_if_unconfirmed: bool = False,
     rng: random.Random | None = None,
     wall_clock: Callable[[], float] = time.time,
     sleep: Callable[[float], None] = time.sleep,
@@ -90,7 +91,10 @@ def fail_over(
 
     Raise ProbationFailedError when no server switched to passed (the
     tunnel is left on the best-ranked one, and state_dir/all-failed.json
-    written; with ``to``, on that server). Raise UsageError if ``to`` is not
+    written; with ``to``, on that server). With ``to`` and
+    ``back_if_unconfirmed`` (a failback: the server left was working), a
+    server that fails its probation is left at once for the one the tunnel
+    came from, and nothing is raised: ``tried`` says what happened. Raise UsageError if ``to`` is not
     a configured server; ActionError if
     Prometheus can't be asked and failover.on_prometheus_error is "fail", if
     there is no other usable server, or if the restart fails (the switch is
@@ -148,7 +152,8 @@ def fail_over(
         )
         restarted = wall_clock()
     result = dataclasses.replace(result, record=record)
-    return _probation(config, state, result, record, restarted, wall_clock=wall_clock, sleep=sleep)
+    back = result.from_server if to is not None and back_if_unconfirmed else None
+    return _probation(config, state, result, record, restarted, back=back, wall_clock=wall_clock, sleep=sleep)
 
 
 def check_target(config: Config, name: str) -> Server:
@@ -173,16 +178,19 @@ def _probation(
     record: SwitchRecord,
     restarted: float,
     *,
+    back: str | None,
     wall_clock: Callable[[], float],
     sleep: Callable[[float], None],
 ) -> FailoverResult:
     """
     Given a switch just made (its result, record and the time its restart
-    returned), run the probation episode: confirm the server, move on to
-    the next candidate while one fails, and return the result of the switch
-    that passed. The lock is released while waiting, so a health check or
-    another failover is never held up by it; a switch made meanwhile by
-    someone else ends the episode. Raise ProbationFailedError when none passed.
+    returned) and the server to return to if it fails (None: see below),
+    run the probation episode: confirm the server, move on to the next
+    candidate while one fails, and return the result of the switch that
+    passed (or of the return to ``back``, unconfirmed: it was working). The
+    lock is released while waiting, so a health check or another failover
+    is never held up by it; a switch made meanwhile by someone else ends the
+    episode. Raise ProbationFailedError when none passed.
     """
     rules = rules_for(config)
     if not rules.enabled:
@@ -211,6 +219,17 @@ def _probation(
                 message = "another switch was made during the probation; leaving the tunnel to it"
                 log.info("%s", message)
                 return dataclasses.replace(result, record=record, skipped=message, tried=tuple(tried.items()))
+            if back is not None and back != server:
+                record = switch_to(
+                    config,
+                    state,
+                    to_server=back,
+                    from_server=server,
+                    reason=f"probation failed: {judgement.reason}; back to {back}",
+                    losses=result.losses,
+                    now=wall_clock(),
+                )
+                return dataclasses.replace(result, choice=back, record=record, tried=tuple(tried.items()))
             if following is None:
                 stay = order[0] if order else server
                 if stay != server:

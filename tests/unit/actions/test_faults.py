@@ -244,3 +244,27 @@ def test_probation_0_switches_once_without_reading_the_tunnel(tmp_path: Path, re
     result = fail_over(config, reason="failover", rng=random.Random(1), wall_clock=Clock())
     assert (result.choice, result.probation, result.tried) == ("server2", None, ())
     assert requests_mock.call_count == 1
+
+
+def test_a_failback_whose_server_fails_its_probation_returns_to_the_server_it_left(
+    tmp_path: Path, requests_mock: Any, fake_wg: Path
+) -> None:
+    config = make_config(tmp_path)
+    fake_wg.write_text("server3\n")
+    requests_mock.post(QUERY_URL, json=servers_answer({"server1": 0.0, "server2": 0.0, "server3": 0.0}))
+    clock = Clock(tmp_path / "now.txt")
+    result = fail_over(
+        config,
+        reason="failback: server3 healthy for 15m",
+        to="server3",
+        back_if_unconfirmed=True,
+        rng=random.Random(1),
+        wall_clock=clock,
+        sleep=clock.sleep,
+    )
+    assert history(config) == [
+        ("server1", "server3", "failback: server3 healthy for 15m"),
+        ("server3", "server1", "probation failed: no handshake with server3 within 20s; back to server1"),
+    ]
+    assert (result.choice, result.tried) == ("server1", (("server3", "no handshake with server3 within 20s"),))
+    assert StateDir(config.state_dir).read_all_failed() is None
