@@ -552,6 +552,16 @@ def test_module_renders_priorities_and_failback_after(evaluate: Evaluate) -> Non
     assert rendered["failover"] == {"failback_after": "15m"}
 
 
+def test_module_renders_probation_and_its_units_allow_a_whole_pass(evaluate: Evaluate) -> None:
+    config = with_options()
+    settings_of(config)["failover"] = {"probation": "30s"}
+    result = evaluate(config)
+    assert result["failedAssertions"] == []
+    assert rendered_config(result["services"]["wg-failover"])["failover"] == {"probation": "30s"}
+    for unit in ("wg-failover", "wg-health-check"):
+        assert result["services"][unit]["serviceConfig"]["TimeoutStartSec"] == "10min"
+
+
 def test_module_takes_servers_from_settings_alone(evaluate: Evaluate) -> None:
     config = with_options(servers={}, probers={"external": {"enable": True}})
     settings_of(config)["servers"] = {"ams1": {"endpoint": "203.0.113.40"}, "fra1": {"endpoint": "203.0.113.50"}}
