@@ -310,15 +310,15 @@ class StateDir:
         reason: str,
         losses: dict[str, float | None] | None = None,
     ) -> SwitchRecord:
-        """Record a switch (call under the lock) and return the stored record."""
+        """Record a switch (call under the lock) and return the stored record, rounded as stored."""
         history = self.read_history()
         record = SwitchRecord(
             seq=(history[-1].seq + 1) if history else 1,
-            time=time,
+            time=_round_time(time),
             from_server=from_server,
             to_server=to_server,
             reason=reason,
-            losses=dict(losses or {}),
+            losses={name: _rounded(loss) for name, loss in (losses or {}).items()},
         )
         history = [*history, record][-MAX_HISTORY:]
         body = "".join(json.dumps(item.to_json(), sort_keys=True) + "\n" for item in history)

@@ -277,3 +277,12 @@ def test_an_unwritable_pending_reason_is_a_warning(tmp_path: Path, caplog: pytes
     state.write_pending_reason("health-check: loss 0.5 > 0.15 for 1 check", NOW, 95)
     assert "the failover will record its own reason" in caplog.text
     state.discard_pending_reason()  # nothing to discard: no error either
+
+
+def test_the_record_returned_is_the_one_stored_rounded(tmp_path: Path) -> None:
+    state = StateDir(tmp_path)
+    record = state.append_history(
+        time=1_800_000_000.123456, from_server="a", to_server="b", reason="r", losses={"a": 1 - 0.55, "b": None}
+    )
+    assert record == state.read_history()[-1]
+    assert (record.time, record.losses) == (1_800_000_000.123, {"a": 0.45, "b": None})
