@@ -17,12 +17,12 @@ import shutil
 import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from wgfailover.config import Config
 from wgfailover.errors import StateError
+from wgfailover.policy.probation import all_failed_holds
 from wgfailover.policy.ranking import held_down_servers
-from wgfailover.state import CheckRecord, StateDir, SwitchRecord
+from wgfailover.state import ALL_FAILED_FILE, AllFailedRecord, CheckRecord, StateDir, SwitchRecord
 
 # `systemctl show` answers at once; a hung PID 1 must not hang a status query.
 _SYSTEMCTL_TIMEOUT = 5.0
@@ -65,8 +65,9 @@ class Status:
     max_failures: int
     last_check: CheckRecord | None
     held_down: tuple[HeldDown, ...]
-    local_fault: str | None
-    all_failed: dict[str, Any] | None
+    local_fault: str | None  # what the last check saw, when every server was lossy
+    all_failed: AllFailedRecord | None  # every server tried in one episode failed its probation
+    all_failed_held: float  # seconds failovers stay held back because of it (0: not held)
     switches: tuple[SwitchRecord, ...]  # the last few, oldest first
     problems: tuple[str, ...]  # what could not be read
 
@@ -94,6 +95,7 @@ def read_status(
     last_check = state.read_last_check() if _readable(state, "last-check.json", problems) else None
     failures = state.read_failures() if _readable(state, "health-failures", problems) else None
     held = held_down_servers(history, now, config.failover.hold_down)
+    all_failed = state.read_all_failed() if _readable(state, ALL_FAILED_FILE, problems) else None
     unit = tunnel_unit(config.restart_command)
     return Status(
         now=now,
@@ -108,10 +110,13 @@ def read_status(
             HeldDown(name, ago, config.failover.hold_down - ago)
             for name, ago in sorted(held.items(), key=lambda i: i[1])
         ),
-        # Issue 15's local-fault and all-failed records, where this version
-        # of the state directory has them.
-        local_fault=getattr(last_check, "local_fault", None),
-        all_failed=_all_failed(state),
+        local_fault=last_check.local_fault if last_check is not None else None,
+        all_failed=all_failed,
+        all_failed_held=(
+            max(0.0, config.failover.hold_down - (now - all_failed.time))
+            if all_failed is not None and all_failed_holds(all_failed.time, now, config.failover.hold_down)
+            else 0.0
+        ),
         switches=tuple(history[-switches:]) if switches > 0 else (),
         problems=tuple(problems),
     )
@@ -187,11 +192,3 @@ def _readable(state: StateDir, name: str, problems: list[str]) -> bool:
     except OSError as error:
         problems.append(f"cannot read {path}: {error.strerror}")
         return False
-
-
-def _all_failed(state: StateDir) -> dict[str, Any] | None:
-    reader = getattr(state, "read_all_failed", None)
-    record = reader() if reader is not None else None
-    if record is None or not dataclasses.is_dataclass(record) or isinstance(record, type):
-        return None
-    return dataclasses.asdict(record)

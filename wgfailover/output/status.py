@@ -74,7 +74,7 @@ def format_status(status: Status) -> str:
     )
     lines.append(f"held down:     {held or 'none'}")
     lines.append(f"local fault:   {status.local_fault or 'none'}")
-    lines.append(f"all failed:    {_describe_all_failed(status.all_failed)}")
+    lines.append(f"all failed:    {_describe_all_failed(status)}")
     for problem in status.problems:
         lines.append(f"unreadable:    {problem}")
     lines.append("last switches:" if status.switches else "last switches: none")
@@ -82,14 +82,18 @@ def format_status(status: Status) -> str:
     return "\n".join(lines)
 
 
-def _describe_all_failed(record: dict[str, Any] | None) -> str:
-    if not record:
+def _describe_all_failed(status: Status) -> str:
+    record = status.all_failed
+    if record is None:
         return "none"
-    failed = record.get("failed") or {}
-    stayed = record.get("stayed_on")
-    listed = ", ".join(f"{name}: {why}" for name, why in failed.items())
-    when = f" at {format_time(record['time'])}" if isinstance(record.get("time"), (int, float)) else ""
-    return f"every server tried failed{when} ({listed}); stayed on {stayed or 'none'}"
+    listed = ", ".join(f"{name}: {why}" for name, why in record.failed.items())
+    held = (
+        f"; failovers held back {format_ago(status.all_failed_held)} more (failover.hold_down)"
+        if status.all_failed_held > 0
+        else ""
+    )
+    when = f"{format_time(record.time)} ({_ago(status.now, record.time)})"
+    return f"every server tried failed at {when}: {listed}; stayed on {record.stayed_on or 'none'}{held}"
 
 
 def _history_lines(records: Sequence[SwitchRecord]) -> list[str]:
@@ -158,7 +162,15 @@ def status_to_json(status: Status) -> dict[str, Any]:
             for h in status.held_down
         ],
         "local_fault": status.local_fault,
-        "all_failed": status.all_failed,
+        "all_failed": None
+        if status.all_failed is None
+        else {
+            "time": round(status.all_failed.time, 3),
+            "time_text": format_time(status.all_failed.time),
+            "failed": status.all_failed.failed,
+            "stayed_on": status.all_failed.stayed_on,
+            "held_back_seconds": round(status.all_failed_held, 3),
+        },
         "last_switches": [record_to_json(record) for record in status.switches],
         "problems": list(status.problems),
     }

@@ -193,3 +193,35 @@ def test_status_does_not_combine_with_actions(switched: Config, extra: list[str]
     result = invoke(switched, "--status", *extra)
     assert result.exit_code == 2
     assert "--status and --history only combine with --config, --json and -v" in result.output
+
+
+def test_status_shows_a_local_fault_and_every_server_failed_with_the_hold_left(switched: Config) -> None:
+    from wgfailover.state import AllFailedRecord
+
+    state = StateDir(switched.state_dir)
+    fault = "local fault: every server is losing packets (server1 100.0%, server2 100.0%, server3 100.0%)"
+    state.write_last_check(CheckRecord(time=NOW - 60, loss=1.0, span=60, local_fault=fault))
+    state.write_all_failed(
+        AllFailedRecord(
+            time=NOW - 300,
+            failed={"server3": "no handshake within 20s", "server1": "tunnel loss 1 > 0.15"},
+            stayed_on="server2",
+        )
+    )
+    status = read_status(switched, NOW, systemctl=running)
+    text = format_status(status)
+    assert f"local fault:   {fault}\n" in text
+    assert (
+        "all failed:    every server tried failed at 2027-01-15 07:55:00 UTC (5m ago): "
+        "server3: no handshake within 20s, server1: tunnel loss 1 > 0.15; stayed on server2; "
+        "failovers held back 25m more (failover.hold_down)\n"
+    ) in text
+    document = status_to_json(status)
+    assert document["local_fault"] == fault
+    assert document["all_failed"] == {
+        "time": NOW - 300,
+        "time_text": "2027-01-15 07:55:00 UTC",
+        "failed": {"server3": "no handshake within 20s", "server1": "tunnel loss 1 > 0.15"},
+        "stayed_on": "server2",
+        "held_back_seconds": 1500.0,
+    }
