@@ -152,6 +152,10 @@ class PrometheusClient:
     Instant queries against one Prometheus-compatible server, within one time
     budget. Given the settings, a monotonic clock and optionally a
     requests.Session, the budget of settings.timeout seconds starts now.
+    A caller holding a budget already under way passes time_limit, the
+    seconds left of it; with share True the limit is one URL's share of the
+    budget among several. Messages name the configured budget either way,
+    never the float left of it.
     Raise ConfigError if a CA, token or password file can't be read or is
     empty. A missing settings.url is reported by query(), so the caller's
     policy for an unusable Prometheus applies to it as well.
@@ -163,10 +167,19 @@ class PrometheusClient:
         clock: Callable[[], float] = time.monotonic,
         session: requests.Session | None = None,
         max_body_bytes: int = MAX_BODY_BYTES,
+        *,
+        time_limit: float | None = None,
+        share: bool = False,
     ) -> None:
         self._clock = clock
         self._budget = float(settings.timeout)
-        self._deadline = clock() + self._budget
+        limit = self._budget if time_limit is None else min(max(0.0, time_limit), self._budget)
+        self._deadline = clock() + limit
+        # What a timeout message says was exceeded: the user's prometheus.timeout
+        # as configured ("1s", not the 0.999997s left when this client was made).
+        self._within = f"the {self._budget:g}s budget (prometheus.timeout)"
+        if share:
+            self._within = f"its {limit:.2g}s share of {self._within}"
         self._base_url = settings.url.rstrip("/") if settings.url else None
         self._display_url = _redact_url(self._base_url) if self._base_url else "(no prometheus.url)"
         self._owns_session = session is None
@@ -256,10 +269,7 @@ class PrometheusClient:
             raise PrometheusUnreachable("prometheus.url is not set")
         remaining = self.remaining()
         if remaining <= 0:
-            raise PrometheusTimeout(
-                f"Prometheus at {self._display_url}: the {self._budget:g}s budget "
-                "(prometheus.timeout) was used up before this query"
-            )
+            raise PrometheusTimeout(f"Prometheus at {self._display_url}: {self._within} was used up before this query")
         log.debug("POST %s/api/v1/query query=%s", self._display_url, promql)
         reply = self._exchange(f"{self._base_url}/api/v1/query", promql, remaining)
         document = self._decode(reply)
@@ -292,10 +302,7 @@ class PrometheusClient:
         except queue.Empty:
             cancelled.set()
             self._spent = True
-            raise PrometheusTimeout(
-                f"no answer from Prometheus at {self._display_url} within the "
-                f"{self._budget:g}s budget (prometheus.timeout)"
-            ) from None
+            raise PrometheusTimeout(f"no answer from Prometheus at {self._display_url} within {self._within}") from None
         if reply is None:
             raise self._classify(error or RuntimeError("no reply")) from None
         return reply
@@ -353,13 +360,9 @@ class PrometheusClient:
         if any(
             isinstance(cause, (requests.ConnectTimeout, urllib3.exceptions.ConnectTimeoutError)) for cause in timeouts
         ):
-            return PrometheusTimeout(
-                f"could not connect to Prometheus at {url} within the {self._budget:g}s budget (prometheus.timeout)"
-            )
+            return PrometheusTimeout(f"could not connect to Prometheus at {url} within {self._within}")
         if timeouts:
-            return PrometheusTimeout(
-                f"no answer from Prometheus at {url} within the {self._budget:g}s budget (prometheus.timeout)"
-            )
+            return PrometheusTimeout(f"no answer from Prometheus at {url} within {self._within}")
         if cut_off:
             return PrometheusBadResponse(
                 self._scrub(f"the answer of Prometheus at {url} was cut off: {_reason(error)}")

@@ -152,7 +152,7 @@ class PrometheusPool:
         """
         urls = list(self._settings.urls)
         if len(urls) <= 1:
-            return self._ask(urls[0] if urls else None, promql, self.remaining())
+            return self._ask(urls[0] if urls else None, promql, self.remaining(), share=False)
         failed = self._failed_urls.read()
         order = order_urls(urls, failed, self._wall_clock(), self._settings.url_hold_down)
         if self._answered in order:
@@ -163,7 +163,8 @@ class PrometheusPool:
         for index, url in enumerate(order):
             share = attempt_budget(self.remaining(), len(order) - index)
             try:
-                samples = self._ask(url, promql, share)
+                # The last one has all that is left: its timeout is the budget's.
+                samples = self._ask(url, promql, share, share=index < len(order) - 1)
             except PrometheusError as error:
                 problems.append(str(error))
                 if not (isinstance(error, PrometheusHTTPError) and error.status in _QUERY_ERROR_STATUSES):
@@ -183,9 +184,13 @@ class PrometheusPool:
         budget = f"{self._settings.timeout:g}s"
         raise PrometheusError(f"no Prometheus answered within {budget} (prometheus.timeout): " + "; ".join(problems))
 
-    def _ask(self, url: str | None, promql: str, budget: float) -> list[Sample]:
-        settings = dataclasses.replace(self._settings, url=url, urls=(url,) if url else (), timeout=budget)
-        with PrometheusClient(settings, clock=self._clock, session=self._session) as client:
+    def _ask(self, url: str | None, promql: str, time_limit: float, *, share: bool) -> list[Sample]:
+        # The client keeps the configured timeout, so its messages name the
+        # budget the user set; time_limit is what is left of it for this attempt.
+        settings = dataclasses.replace(self._settings, url=url, urls=(url,) if url else ())
+        with PrometheusClient(
+            settings, clock=self._clock, session=self._session, time_limit=time_limit, share=share
+        ) as client:
             return client.query(promql)
 
 

@@ -143,3 +143,40 @@ def test_a_missing_state_directory_is_not_created(requests_mock: requests_mock_m
     requests_mock.post(f"{B}/api/v1/query", json=ANSWER)
     open_prometheus(settings(A, B), tmp_path / "absent").query("up")
     assert not (tmp_path / "absent").exists()
+
+
+class SteppingClock:
+    """A monotonic clock that moves a few microseconds at every reading, as a real one does."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        self.now += 3e-6
+        return self.now
+
+
+def test_a_timeout_names_the_configured_budget_not_the_float_left_of_it(
+    requests_mock: requests_mock_module.Mocker, tmp_path: Path
+) -> None:
+    requests_mock.post(f"{A}/api/v1/query", exc=requests.exceptions.ReadTimeout)
+    clock = SteppingClock()
+    with pytest.raises(PrometheusError) as raised:
+        open_prometheus(settings(A, timeout=1), tmp_path, clock=clock).query("up")
+    assert str(raised.value) == f"no answer from Prometheus at {A} within the 1s budget (prometheus.timeout)"
+    # The attempt itself was bounded by what was left, not by a fresh budget.
+    assert requests_mock.last_request.timeout[0] < 1
+
+
+def test_a_url_before_the_last_is_reported_with_its_share_of_the_budget(
+    requests_mock: requests_mock_module.Mocker, tmp_path: Path
+) -> None:
+    requests_mock.post(f"{A}/api/v1/query", exc=requests.exceptions.ReadTimeout)
+    requests_mock.post(f"{B}/api/v1/query", exc=requests.exceptions.ConnectTimeout)
+    with pytest.raises(PrometheusError) as raised:
+        open_prometheus(settings(A, B, timeout=1), tmp_path, clock=SteppingClock()).query("up")
+    assert str(raised.value) == (
+        "no Prometheus answered within 1s (prometheus.timeout): "
+        f"no answer from Prometheus at {A} within its 0.5s share of the 1s budget (prometheus.timeout); "
+        f"could not connect to Prometheus at {B} within the 1s budget (prometheus.timeout)"
+    )
