@@ -357,7 +357,8 @@ def _decide(
     )
     fault = None
     if error is None:
-        fault = find_local_fault({r.name: r.loss for r in readings}, config.health.threshold)
+        unreachable = {r.name for r in readings if r.unreachable}
+        fault = find_local_fault({r.name: r.loss for r in readings}, config.health.threshold, unreachable)
     if fault is not None and not dry_run:
         if not force:
             raise LocalFaultError(

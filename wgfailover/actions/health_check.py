@@ -236,7 +236,8 @@ def _find_local_fault(config: Config, reading: TunnelReading, seconds: float, re
     if error is not None:
         log.warning("%s; cannot tell a local fault from a server fault: counting the check", error)
         return None
-    return find_local_fault({r.name: r.loss for r in readings}, config.health.threshold)
+    unreachable = {r.name for r in readings if r.unreachable}
+    return find_local_fault({r.name: r.loss for r in readings}, config.health.threshold, unreachable)
 
 
 def _why(decision: CheckDecision) -> str | None:

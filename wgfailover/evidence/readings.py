@@ -36,6 +36,9 @@ class ServerReading:
     name: str
     loss: float | None = None  # ratio in [0, 1]
     latency: float | None = None  # mean round-trip time, seconds
+    # The prober has the series but sent nothing in the window (0/0): it
+    # could not send at all, as when the host's own interface is down.
+    unreachable: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,6 +9,7 @@ whatever the number of servers (the original sent one request per server,
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Mapping, Sequence
 
 from wgfailover.config import Config, FailoverSettings, fill_template, format_duration
@@ -51,11 +52,13 @@ def read_server_readings(
     """
     Given the samples of build_query's answer, the label that holds the
     endpoint and {server: endpoint}, return one ServerReading per server,
-    cleaned as readings.py says (clamped loss, None for unknown). Servers
+    cleaned as readings.py says (clamped loss, None for unknown; a loss of
+    NaN, 0/0, also marks the server unreachable). Servers
     sharing an endpoint share its values; if several series answer for one
     endpoint, the worst value counts.
     """
     values: dict[tuple[str, str], float] = {}
+    silent: set[str] = set()
     matched = 0
     for sample in samples:
         endpoint = sample.labels.get(label)
@@ -65,6 +68,9 @@ def read_server_readings(
         matched += 1
         value = clean_loss(sample.value) if metric == "loss" else clean_latency(sample.value)
         if value is None:
+            if metric == "loss" and math.isnan(sample.value):
+                # 0/0: the series is there but no request was counted.
+                silent.add(endpoint)
             continue
         key = (endpoint, metric)
         values[key] = max(values.get(key, value), value)
@@ -79,7 +85,9 @@ def read_server_readings(
         if endpoint is None:
             readings.append(ServerReading(name))
             continue
-        readings.append(ServerReading(name, values.get((endpoint, "loss")), values.get((endpoint, "latency"))))
+        loss = values.get((endpoint, "loss"))
+        unreachable = loss is None and endpoint in silent
+        readings.append(ServerReading(name, loss, values.get((endpoint, "latency")), unreachable=unreachable))
     return readings
 
 

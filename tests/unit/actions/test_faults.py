@@ -268,3 +268,21 @@ def test_a_failback_whose_server_fails_its_probation_returns_to_the_server_it_le
     ]
     assert (result.choice, result.tried) == ("server1", (("server3", "no handshake with server3 within 20s"),))
     assert StateDir(config.state_dir).read_all_failed() is None
+
+
+def test_endpoints_the_prober_could_not_send_to_are_unreachable_and_count_towards_a_local_fault(
+    tmp_path: Path, requests_mock: Any
+) -> None:
+    # 0/0: the series are there, but with the host's interface down the
+    # prober counted no request at all. NaN is never a loss, but it is
+    # "unreachable", and every server so (or lossy) is a local fault.
+    config = make_config(tmp_path)
+    requests_mock.post(
+        QUERY_URL, json=servers_answer({"server1": float("nan"), "server2": float("nan"), "server3": 1.0})
+    )
+    with pytest.raises(LocalFaultError, match=r"\(server1 unreachable, server2 unreachable, server3 100%\)"):
+        fail_over(config, reason="unit-failed", rng=random.Random(1), wall_clock=Clock())
+    # No series at all for one server is no evidence: not a local fault.
+    requests_mock.post(QUERY_URL, json=servers_answer({"server1": float("nan"), "server2": float("nan")}))
+    result = fail_over(config, reason="failover", dry_run=True, rng=random.Random(1), wall_clock=Clock())
+    assert result.local_fault is None

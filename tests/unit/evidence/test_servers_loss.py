@@ -27,19 +27,21 @@ def test_templates_get_label_window_and_escaped_hosts() -> None:
 
 
 @pytest.mark.parametrize(
-    ("value", "loss"),
+    ("value", "loss", "unreachable"),
     [
-        (0.25, 0.25),
-        (-0.03, 0.0),  # smokeping counted a reply to a request sent before the window
-        (1.5, 1.0),
-        (math.nan, None),
-        (math.inf, None),
-        (-math.inf, None),
+        (0.25, 0.25, False),
+        (-0.03, 0.0, False),  # smokeping counted a reply to a request sent before the window
+        (1.5, 1.0, False),
+        (math.nan, None, True),  # 0/0: no request sent (a local fault when every server is so)
+        (math.inf, None, False),
+        (-math.inf, None, False),
     ],
 )
-def test_loss_is_clamped_and_nan_or_inf_is_unknown(value: float, loss: float | None) -> None:
+def test_loss_is_clamped_and_nan_or_inf_is_unknown(value: float, loss: float | None, unreachable: bool) -> None:
     samples = [Sample({"host": "192.0.2.1", "wgf_metric": "loss"}, value)]
-    assert read_server_readings(samples, "host", {"a": "192.0.2.1"}) == [ServerReading("a", loss, None)]
+    assert read_server_readings(samples, "host", {"a": "192.0.2.1"}) == [
+        ServerReading("a", loss, None, unreachable=unreachable)
+    ]
 
 
 def test_servers_sharing_an_endpoint_share_its_values_and_missing_ones_are_unknown() -> None:
