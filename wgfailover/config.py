@@ -118,6 +118,19 @@ def format_duration(seconds: float) -> str:
     return f"{max(1, int(round(seconds)))}s"
 
 
+def describe_duration(seconds: float) -> str:
+    """Given seconds, return them as a person writes a duration: '30d', '1h30m', '90s' as '1m30s'."""
+    rest = max(0, int(round(seconds)))
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        count, rest = divmod(rest, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    if rest or not parts:
+        parts.append(f"{rest}s")
+    return "".join(parts)
+
+
 @dataclasses.dataclass(frozen=True)
 class PrometheusSettings:
     """

@@ -55,6 +55,7 @@ __all__ = [
     "MAX_BODY_BYTES",
     "PrometheusClient",
     "Sample",
+    "Series",
     "escape_label_value",
     "escape_regex_value",
     "round_measured",
@@ -96,6 +97,14 @@ class Sample:
 
     labels: dict[str, str]
     value: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Series:
+    """One series of a range-query result: its labels and its (unix time, value) points, oldest first."""
+
+    labels: dict[str, str]
+    points: list[tuple[float, float]]
 
 
 # Six decimals are finer than anything a prober resolves (a ratio of ping
@@ -256,32 +265,67 @@ class PrometheusClient:
             return 0.0
         return max(0.0, self._deadline - self._clock())
 
-    def query(self, promql: str) -> list[Sample]:
+    def query(self, promql: str, at: float | None = None) -> list[Sample]:
         """
-        Given a PromQL expression, evaluate it now and return one Sample per
-        series of the instant vector (one unlabelled Sample for a scalar).
-        Raise PrometheusUnreachable if the URL is unset or the server can't
-        be reached, PrometheusTimeout if the budget runs out,
-        PrometheusHTTPError for an HTTP error status, and
+        Given a PromQL expression (and a unix time; None: now), evaluate it
+        then and return one Sample per series of the instant vector (one
+        unlabelled Sample for a scalar). Raise PrometheusUnreachable if the
+        URL is unset or the server can't be reached, PrometheusTimeout if the
+        budget runs out, PrometheusHTTPError for an HTTP error status, and
         PrometheusBadResponse for an answer that is not the documented JSON.
         """
+        form = {"query": promql}
+        if at is not None:
+            form["time"] = _format_time(at)
+        document = self._request("/api/v1/query", form)
+        samples = self._samples(document)
+        log.debug("Prometheus at %s answered %d series", self._display_url, len(samples))
+        return samples
+
+    def query_range(self, promql: str, start: float, end: float, step: float) -> list[Series]:
+        """
+        Given a PromQL expression and the unix times of the first and last
+        evaluation and the seconds between them, return one Series per
+        series of the range result. The caller keeps (end - start) / step
+        under the server's points-per-series limit (11000 for Prometheus).
+        Raise what query() raises.
+        """
+        form = {"query": promql, "start": _format_time(start), "end": _format_time(end), "step": f"{step:g}"}
+        document = self._request("/api/v1/query_range", form)
+        series = self._series(document)
+        log.debug("Prometheus at %s answered %d series", self._display_url, len(series))
+        return series
+
+    def get(self, path: str) -> dict[str, Any]:
+        """
+        Given an API path (e.g. /api/v1/status/runtimeinfo), GET it and
+        return the ``data`` object of its answer. Raise what query() raises.
+        """
+        document = self._request(path, None)
+        data = document.get("data")
+        if not isinstance(data, dict):
+            raise self._bad_shape("data is missing or not an object")
+        return data
+
+    def _request(self, path: str, form: dict[str, str] | None) -> dict[str, Any]:
+        """Given an API path and a form to POST (None: GET), return the decoded successful answer."""
         if self._base_url is None:
             raise PrometheusUnreachable("prometheus.url is not set")
         remaining = self.remaining()
         if remaining <= 0:
             raise PrometheusTimeout(f"Prometheus at {self._display_url}: {self._within} was used up before this query")
-        log.debug("POST %s/api/v1/query query=%s", self._display_url, promql)
-        reply = self._exchange(f"{self._base_url}/api/v1/query", promql, remaining)
-        document = self._decode(reply)
-        samples = self._samples(document)
-        log.debug("Prometheus at %s answered %d series", self._display_url, len(samples))
-        return samples
+        if form is None:
+            log.debug("GET %s%s", self._display_url, path)
+        else:
+            log.debug("POST %s%s %s", self._display_url, path, " ".join(f"{k}={v}" for k, v in form.items()))
+        reply = self._exchange(f"{self._base_url}{path}", form, remaining)
+        return self._decode(reply)
 
     # --- the HTTP exchange ---------------------------------------------------
 
-    def _exchange(self, endpoint: str, promql: str, remaining: float) -> _Reply:
+    def _exchange(self, endpoint: str, form: dict[str, str] | None, remaining: float) -> _Reply:
         """
-        Given the query endpoint, a query and the seconds left, return the raw reply. Raise the
+        Given the endpoint, the form to POST (None: GET) and the seconds left, return the raw reply. Raise the
         classified PrometheusError if it fails or takes longer than that.
         """
         outcome: queue.Queue[tuple[_Reply | None, BaseException | None]] = queue.Queue(maxsize=1)
@@ -289,7 +333,7 @@ class PrometheusClient:
 
         def run() -> None:
             try:
-                outcome.put((self._post(endpoint, promql, remaining, cancelled), None))
+                outcome.put((self._post(endpoint, form, remaining, cancelled), None))
             except BaseException as error:  # noqa: BLE001 - handed to the caller's thread
                 outcome.put((None, error))
 
@@ -307,11 +351,12 @@ class PrometheusClient:
             raise self._classify(error or RuntimeError("no reply")) from None
         return reply
 
-    def _post(self, endpoint: str, promql: str, remaining: float, cancelled: threading.Event) -> _Reply:
-        """Run in the worker: send the query and read the body within the byte cap."""
-        response = self._session.post(
+    def _post(self, endpoint: str, form: dict[str, str] | None, remaining: float, cancelled: threading.Event) -> _Reply:
+        """Run in the worker: send the request and read the body within the byte cap."""
+        response = self._session.request(
+            "GET" if form is None else "POST",
             endpoint,
-            data={"query": promql},
+            data=form,
             headers=self._headers,
             auth=self._auth,
             verify=self._verify,
@@ -470,6 +515,45 @@ class PrometheusClient:
             samples.append(Sample(labels=dict(labels), value=self._value(item.get("value"), f"{where}.value")))
         return samples
 
+    def _series(self, document: dict[str, Any]) -> list[Series]:
+        """Given a successful range-query document, return its series. Raise PrometheusBadResponse on a wrong shape."""
+        data = document.get("data")
+        if not isinstance(data, dict):
+            raise self._bad_shape("data is missing or not an object")
+        if data.get("resultType") != "matrix":
+            raise self._bad_shape(f"data.resultType is {self._show(data.get('resultType'))}, not a range matrix")
+        result = data.get("result")
+        if not isinstance(result, list):
+            raise self._bad_shape("data.result is not a list")
+        series = []
+        for index, item in enumerate(result):
+            where = f"data.result[{index}]"
+            if not isinstance(item, dict):
+                raise self._bad_shape(f"{where} is not an object")
+            labels = item.get("metric", {})
+            if not isinstance(labels, dict) or not all(
+                isinstance(name, str) and isinstance(value, str) for name, value in labels.items()
+            ):
+                raise self._bad_shape(f"{where}.metric is not a map of label names to strings")
+            values = item.get("values")
+            if not isinstance(values, list):
+                raise self._bad_shape(f"{where}.values is not a list")
+            points = [
+                (self._time(pair, f"{where}.values[{n}]"), self._value(pair, f"{where}.values[{n}]"))
+                for n, pair in enumerate(values)
+            ]
+            series.append(Series(labels=dict(labels), points=points))
+        return series
+
+    def _time(self, pair: object, where: str) -> float:
+        """Given a [timestamp, "value"] pair, return the timestamp. Raise PrometheusBadResponse if it is not one."""
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise self._bad_shape(f"{where} is not a [timestamp, value] pair")
+        stamp = pair[0]
+        if isinstance(stamp, (int, float)) and not isinstance(stamp, bool) and math.isfinite(stamp):
+            return float(stamp)
+        raise self._bad_shape(f"{where} has no numeric timestamp: {self._show(stamp)}")
+
     def _value(self, pair: object, where: str) -> float:
         """Given a [timestamp, "value"] pair, return the value. Raise PrometheusBadResponse if it is not one."""
         if not isinstance(pair, list) or len(pair) != 2:
@@ -538,6 +622,11 @@ class _TooLarge(Exception):
 
 class _CutOff(Exception):
     """Reading the body failed after the status line and headers arrived."""
+
+
+def _format_time(unix: float) -> str:
+    # Milliseconds, the finest the API resolves; no exponent for large numbers.
+    return f"{unix:.3f}"
 
 
 def _read_secret(path: Path, key: str) -> str:

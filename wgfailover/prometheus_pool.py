@@ -25,18 +25,21 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import requests
 
 from wgfailover.config import PrometheusSettings
 from wgfailover.errors import PrometheusError, PrometheusHTTPError, StateError
 from wgfailover.fsutil import atomic_write
-from wgfailover.prometheus import PrometheusClient, Sample
+from wgfailover.prometheus import PrometheusClient, Sample, Series
 from wgfailover.prometheus import _redact_url as redact_url  # one redaction rule for every message
 
 log = logging.getLogger(__name__)
 
 FAILED_URLS_FILE = "prometheus-failed.json"
+
+_T = TypeVar("_T")
 
 # HTTP statuses that say the query is wrong, not the server: every server of
 # an HA pair would answer the same, so the URL is not held down for them.
@@ -143,16 +146,29 @@ class PrometheusPool:
         """Return the seconds left of the time budget (0 once it is spent)."""
         return max(0.0, self._deadline - self._clock())
 
-    def query(self, promql: str) -> list[Sample]:
+    def query(self, promql: str, at: float | None = None) -> list[Sample]:
         """
-        Given a PromQL expression, return the samples from the first URL that
-        answers. With one URL, raise exactly what PrometheusClient.query
-        raises; with several, raise PrometheusError naming each URL and why
-        it failed. Raise ConfigError if a credential file can't be read.
+        Given a PromQL expression (and a unix time; None: now), return the
+        samples from the first URL that answers. With one URL, raise exactly
+        what PrometheusClient.query raises; with several, raise
+        PrometheusError naming each URL and why it failed. Raise ConfigError
+        if a credential file can't be read.
         """
+        return self._first_answer(lambda client: client.query(promql, at))
+
+    def query_range(self, promql: str, start: float, end: float, step: float) -> list[Series]:
+        """Given what PrometheusClient.query_range takes, return its answer from the first URL that answers."""
+        return self._first_answer(lambda client: client.query_range(promql, start, end, step))
+
+    def get(self, path: str) -> dict[str, Any]:
+        """Given an API path, return PrometheusClient.get's answer from the first URL that answers."""
+        return self._first_answer(lambda client: client.get(path))
+
+    def _first_answer(self, ask: Callable[[PrometheusClient], _T]) -> _T:
+        """Given what to ask one client, return the answer of the first URL that gives one."""
         urls = list(self._settings.urls)
         if len(urls) <= 1:
-            return self._ask(urls[0] if urls else None, promql, self.remaining(), share=False)
+            return self._ask(urls[0] if urls else None, ask, self.remaining(), share=False)
         failed = self._failed_urls.read()
         order = order_urls(urls, failed, self._wall_clock(), self._settings.url_hold_down)
         if self._answered in order:
@@ -164,7 +180,7 @@ class PrometheusPool:
             share = attempt_budget(self.remaining(), len(order) - index)
             try:
                 # The last one has all that is left: its timeout is the budget's.
-                samples = self._ask(url, promql, share, share=index < len(order) - 1)
+                answer = self._ask(url, ask, share, share=index < len(order) - 1)
             except PrometheusError as error:
                 problems.append(str(error))
                 if not (isinstance(error, PrometheusHTTPError) and error.status in _QUERY_ERROR_STATUSES):
@@ -178,20 +194,20 @@ class PrometheusPool:
                 self._failed_urls.write(failed)
             skipped = f" after {len(problems)} failed" if problems else ""
             log.info("Prometheus at %s answered%s", self.answered_url, skipped)
-            return samples
+            return answer
         if changed:
             self._failed_urls.write(failed)
         budget = f"{self._settings.timeout:g}s"
         raise PrometheusError(f"no Prometheus answered within {budget} (prometheus.timeout): " + "; ".join(problems))
 
-    def _ask(self, url: str | None, promql: str, time_limit: float, *, share: bool) -> list[Sample]:
+    def _ask(self, url: str | None, ask: Callable[[PrometheusClient], _T], time_limit: float, *, share: bool) -> _T:
         # The client keeps the configured timeout, so its messages name the
         # budget the user set; time_limit is what is left of it for this attempt.
         settings = dataclasses.replace(self._settings, url=url, urls=(url,) if url else ())
         with PrometheusClient(
             settings, clock=self._clock, session=self._session, time_limit=time_limit, share=share
         ) as client:
-            return client.query(promql)
+            return ask(client)
 
 
 def open_prometheus(

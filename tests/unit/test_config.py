@@ -12,6 +12,7 @@ from wgfailover.config import (
     DEFAULT_FAILOVER_QUERY,
     DEFAULT_HEALTH_QUERY,
     Config,
+    describe_duration,
     load_config,
     parse_config,
     parse_duration,
@@ -400,3 +401,12 @@ def test_prometheus_url_takes_a_list_asked_in_order() -> None:
 def test_a_single_prometheus_url_is_a_list_of_one() -> None:
     config = parse_config({**MINIMAL, "prometheus": {"url": "https://prom.example.com"}}, Path("c.toml"))
     assert config.prometheus.urls == ("https://prom.example.com",)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0, "0s"), (45, "45s"), (90, "1m30s"), (3600, "1h"), (5400, "1h30m"), (86400 * 30, "30d"), (90061, "1d1h1m1s")],
+)
+def test_a_duration_is_described_as_a_person_writes_it(seconds: float, text: str) -> None:
+    assert describe_duration(seconds) == text
+    assert parse_duration(text) == seconds
