@@ -81,3 +81,12 @@ def test_the_exit_code_table_lists_per_command_what_each_returns() -> None:
         code = int(cells[0])
         for program, cell in zip(programs, cells[2:]):
             assert cell.startswith("yes") == (code in EXIT_CODES[program.strip()]), line
+
+
+def test_the_readme_names_every_exit_code() -> None:
+    from wgfailover.commands.common import EXIT_CODES
+
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    section = readme[readme.index("Exit codes:") :][:600]
+    for code in set().union(*EXIT_CODES.values()):
+        assert re.search(rf"\b{code}\b", section), code
