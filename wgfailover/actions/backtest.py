@@ -35,7 +35,7 @@ from wgfailover.evidence.history import TunnelHistory, read_retention
 from wgfailover.evidence.readings import ServerReading, TunnelReading
 from wgfailover.evidence.servers_loss import find_endpoints
 from wgfailover.policy.health import CheckEvidence, CheckState, HealthOutcome, decide_check, is_failure
-from wgfailover.policy.local_fault import find_local_fault
+from wgfailover.policy.local_fault import local_fault_of
 from wgfailover.policy.ranking import first_choice, rank_servers
 from wgfailover.policy.spans import plan_span
 from wgfailover.state import CheckRecord, StateDir, SwitchRecord
@@ -133,8 +133,7 @@ def replay(
         local_fault = None
         if is_failure(reading, health):
             # As live: every server's loss over the same span tells a dead uplink from a dead server.
-            losses = {server.name: server.loss for server in evidence.servers(now, span.seconds)}
-            local_fault = find_local_fault(losses, health.threshold)
+            local_fault = local_fault_of(evidence.servers(now, span.seconds), health.threshold)
         decision = decide_check(
             CheckEvidence(time=now, tunnel=reading, local_fault=local_fault), health, CheckState(failures=failures)
         )

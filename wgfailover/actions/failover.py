@@ -21,7 +21,7 @@ from wgfailover.errors import ActionError, LocalFaultError, ProbationFailedError
 from wgfailover.evidence.readings import ServerReading
 from wgfailover.evidence.servers_loss import find_endpoints, measure_servers
 from wgfailover.metrics import write_metrics
-from wgfailover.policy.local_fault import find_local_fault
+from wgfailover.policy.local_fault import local_fault_of
 from wgfailover.policy.probation import ProbationVerdict, describe_all_failed, next_candidate
 from wgfailover.policy.ranking import RankedServer, better_than_chosen, first_choice, rank_servers
 from wgfailover.servers import Server
@@ -357,8 +357,7 @@ def _decide(
     )
     fault = None
     if error is None:
-        unreachable = {r.name for r in readings if r.unreachable}
-        fault = find_local_fault({r.name: r.loss for r in readings}, config.health.threshold, unreachable)
+        fault = local_fault_of(readings, config.health.threshold)
     if fault is not None and not dry_run:
         if not force:
             raise LocalFaultError(

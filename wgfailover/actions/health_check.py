@@ -35,7 +35,7 @@ from wgfailover.policy.health import (
     decide_check,
     is_failure,
 )
-from wgfailover.policy.local_fault import LocalFault, find_local_fault
+from wgfailover.policy.local_fault import LocalFault, local_fault_of
 from wgfailover.policy.spans import Span, plan_span
 from wgfailover.state import CheckRecord, StateDir, SwitchRecord
 
@@ -236,8 +236,7 @@ def _find_local_fault(config: Config, reading: TunnelReading, seconds: float, re
     if error is not None:
         log.warning("%s; cannot tell a local fault from a server fault: counting the check", error)
         return None
-    unreachable = {r.name for r in readings if r.unreachable}
-    return find_local_fault({r.name: r.loss for r in readings}, config.health.threshold, unreachable)
+    return local_fault_of(readings, config.health.threshold)
 
 
 def _why(decision: CheckDecision) -> str | None:

@@ -23,7 +23,9 @@ Pure: no I/O, no clock.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
+
+from wgfailover.evidence.readings import ServerReading
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +65,13 @@ def find_local_fault(
         else:
             return None
     return LocalFault(tuple(listed))
+
+
+def local_fault_of(readings: Iterable[ServerReading], threshold: float) -> LocalFault | None:
+    """Given every server's reading over the failed check's span and the threshold, return the LocalFault or None."""
+    readings = list(readings)
+    unreachable = {reading.name for reading in readings if reading.unreachable}
+    return find_local_fault({reading.name: reading.loss for reading in readings}, threshold, unreachable)
 
 
 def _percent(loss: float | None) -> str:

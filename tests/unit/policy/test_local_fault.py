@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from wgfailover.policy.local_fault import LocalFault, find_local_fault
+from wgfailover.evidence.readings import ServerReading
+from wgfailover.policy.local_fault import LocalFault, find_local_fault, local_fault_of
 
 THRESHOLD = 0.15
 
@@ -50,3 +51,12 @@ def test_the_local_fault_names_every_server_and_its_loss() -> None:
 def test_servers_are_listed_in_name_order_whatever_the_input_order() -> None:
     fault = find_local_fault({"b": 1.0, "a": 0.9}, THRESHOLD)
     assert fault is not None and [name for name, _ in fault.losses] == ["a", "b"]
+
+
+def test_readings_give_the_same_verdict_with_silent_servers_unreachable() -> None:
+    readings = [
+        ServerReading("a", 0.9),
+        ServerReading("b", None, unreachable=True),  # the prober could send nothing to it
+    ]
+    assert local_fault_of(readings, 0.15) == LocalFault((("a", 0.9), ("b", None)))
+    assert local_fault_of([*readings, ServerReading("c", None)], 0.15) is None  # no series: no evidence
