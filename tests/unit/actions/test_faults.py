@@ -20,6 +20,7 @@ from wgfailover.actions.health_check import check_health
 from wgfailover.config import Config, parse_config
 from wgfailover.errors import ExitCode, LocalFaultError, ProbationFailedError
 from wgfailover.metrics import TEXTFILE_NAME
+from wgfailover.output.failover import format_failover
 from wgfailover.policy.health import HealthOutcome
 from wgfailover.state import StateDir
 
@@ -130,6 +131,10 @@ def test_a_dry_run_says_it_would_decline(tmp_path: Path, requests_mock: Any) -> 
     requests_mock.post(QUERY_URL, json=servers_answer({"server1": 1.0, "server2": 1.0, "server3": 1.0}))
     result = fail_over(config, reason="failover", dry_run=True, rng=random.Random(1), wall_clock=Clock())
     assert result.local_fault is not None and result.local_fault.startswith("local fault: every server")
+    assert format_failover(result).splitlines()[-1] == (
+        "would not switch: local fault: every server is losing packets (server1 100%, server2 100%, server3 100%) "
+        "(dry run: nothing changed; --force to switch anyway)"
+    )
 
 
 def test_force_switches_in_a_local_fault_and_a_healthy_current_is_no_local_fault(
