@@ -507,13 +507,18 @@ class PrometheusClient:
             where = f"data.result[{index}]"
             if not isinstance(item, dict):
                 raise self._bad_shape(f"{where} is not an object")
-            labels = item.get("metric", {})
-            if not isinstance(labels, dict) or not all(
-                isinstance(name, str) and isinstance(value, str) for name, value in labels.items()
-            ):
-                raise self._bad_shape(f"{where}.metric is not a map of label names to strings")
-            samples.append(Sample(labels=dict(labels), value=self._value(item.get("value"), f"{where}.value")))
+            labels = self._labels(item, where)
+            samples.append(Sample(labels=labels, value=self._value(item.get("value"), f"{where}.value")))
         return samples
+
+    def _labels(self, item: dict[str, Any], where: str) -> dict[str, str]:
+        """Given one series of a result, return its labels. Raise PrometheusBadResponse if they are not strings."""
+        labels = item.get("metric", {})
+        if not isinstance(labels, dict) or not all(
+            isinstance(name, str) and isinstance(value, str) for name, value in labels.items()
+        ):
+            raise self._bad_shape(f"{where}.metric is not a map of label names to strings")
+        return dict(labels)
 
     def _series(self, document: dict[str, Any]) -> list[Series]:
         """Given a successful range-query document, return its series. Raise PrometheusBadResponse on a wrong shape."""
@@ -530,11 +535,7 @@ class PrometheusClient:
             where = f"data.result[{index}]"
             if not isinstance(item, dict):
                 raise self._bad_shape(f"{where} is not an object")
-            labels = item.get("metric", {})
-            if not isinstance(labels, dict) or not all(
-                isinstance(name, str) and isinstance(value, str) for name, value in labels.items()
-            ):
-                raise self._bad_shape(f"{where}.metric is not a map of label names to strings")
+            labels = self._labels(item, where)
             values = item.get("values")
             if not isinstance(values, list):
                 raise self._bad_shape(f"{where}.values is not a list")
@@ -542,7 +543,7 @@ class PrometheusClient:
                 (self._time(pair, f"{where}.values[{n}]"), self._value(pair, f"{where}.values[{n}]"))
                 for n, pair in enumerate(values)
             ]
-            series.append(Series(labels=dict(labels), points=points))
+            series.append(Series(labels=labels, points=points))
         return series
 
     def _time(self, pair: object, where: str) -> float:

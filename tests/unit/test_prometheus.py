@@ -213,6 +213,33 @@ def test_wrong_shape_is_a_bad_response(requests_mock: requests_mock_module.Mocke
     assert URL in str(caught.value)
 
 
+def matrix(*result: Any) -> dict[str, Any]:
+    return {"status": "success", "data": {"resultType": "matrix", "result": list(result)}}
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ({"status": "success", "data": {"resultType": "vector", "result": []}}, "not a range matrix"),
+        (matrix(1), r"data.result\[0\] is not an object"),
+        (matrix({"metric": {"host": 1}, "values": []}), r"data.result\[0\].metric is not a map"),
+        (matrix({"metric": {}, "values": {}}), r"data.result\[0\].values is not a list"),
+    ],
+)
+def test_a_range_answer_of_the_wrong_shape_is_a_bad_response(
+    requests_mock: requests_mock_module.Mocker, body: Any, problem: str
+) -> None:
+    requests_mock.post(f"{URL}/api/v1/query_range", json=body)
+    with pytest.raises(PrometheusBadResponse, match=problem):
+        make_client().query_range("q", start=0, end=60, step=60)
+
+
+def test_a_range_answer_keeps_each_series_labels_and_points(requests_mock: requests_mock_module.Mocker) -> None:
+    requests_mock.post(f"{URL}/api/v1/query_range", json=matrix({"metric": {"host": "a"}, "values": [[60, "0.5"]]}))
+    [series] = make_client().query_range("q", start=0, end=60, step=60)
+    assert (series.labels, series.points) == ({"host": "a"}, [(60.0, 0.5)])
+
+
 def test_status_error_with_200_is_a_bad_response_naming_the_error(requests_mock: requests_mock_module.Mocker) -> None:
     requests_mock.post(QUERY_URL, json=error_body("internal", "something broke"))
     with pytest.raises(PrometheusBadResponse, match="reported an error: internal: something broke"):
