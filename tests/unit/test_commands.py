@@ -2,31 +2,18 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import click
 import pytest
 from click.testing import CliRunner, Result
 
+from tests.unit.test_docs import COMMANDS, command
 from wgfailover import __version__
 from wgfailover.commands.common import EXIT_CODES, exit_codes_help
-
-COMMANDS = {
-    "wg-select": "wgfailover.commands.wg_select",
-    "wg-failover": "wgfailover.commands.wg_failover",
-    "wg-health-check": "wgfailover.commands.wg_health_check",
-}
-
-
-def command(name: str) -> click.Command:
-    main = importlib.import_module(COMMANDS[name]).main
-    assert isinstance(main, click.Command)
-    return main
 
 
 def invoke(name: str, *args: str) -> Result:

@@ -34,6 +34,16 @@ def run_with_stderr_file(
 
 
 @pytest.fixture
+def on_server1(make_config_file: Callable[..., Path]) -> Path:
+    """A config whose state records server1."""
+    path = make_config_file()
+    state = load_config(path).state_dir
+    state.mkdir()
+    (state / "current").write_text("server1\n")
+    return path
+
+
+@pytest.fixture
 def bad_state_config(make_config_file: Callable[..., Path]) -> Path:
     path = make_config_file()
     config = load_config(path)
@@ -63,11 +73,8 @@ def test_elsewhere_lines_name_the_program_and_level(
     assert output.splitlines()[0].startswith("wg-select: warning: ")
 
 
-def test_a_newline_in_a_message_stays_on_one_line(make_config_file: Callable[..., Path], tmp_path: Path) -> None:
-    path = make_config_file()
-    state = load_config(path).state_dir
-    state.mkdir()
-    (state / "current").write_text("server1\n")
+def test_a_newline_in_a_message_stays_on_one_line(on_server1: Path, tmp_path: Path) -> None:
+    path = on_server1
     output = run_with_stderr_file(
         [*command_argv("wg-failover"), "--config", str(path), "--to", "server3", "--reason", "line1\nline2"],
         tmp_path / "stderr",
@@ -90,12 +97,9 @@ def test_under_the_journal_wg_select_logs_its_pick_once_with_a_priority(bad_stat
 
 
 def test_under_the_journal_every_line_of_a_switch_has_a_priority_and_none_repeats(
-    make_config_file: Callable[..., Path], tmp_path: Path
+    on_server1: Path, tmp_path: Path
 ) -> None:
-    path = make_config_file()
-    state = load_config(path).state_dir
-    state.mkdir()
-    (state / "current").write_text("server1\n")
+    path = on_server1
     output = run_with_stderr_file(
         [*command_argv("wg-failover"), "--config", str(path), "--to", "server2"], tmp_path / "out", "this file", True
     )
@@ -105,13 +109,8 @@ def test_under_the_journal_every_line_of_a_switch_has_a_priority_and_none_repeat
     assert sum("server2" in line and "switched" in line for line in lines) == 1
 
 
-def test_on_a_terminal_the_result_goes_to_stdout_and_not_again_to_stderr(
-    make_config_file: Callable[..., Path], tmp_path: Path
-) -> None:
-    path = make_config_file()
-    state = load_config(path).state_dir
-    state.mkdir()
-    (state / "current").write_text("server1\n")
+def test_on_a_terminal_the_result_goes_to_stdout_and_not_again_to_stderr(on_server1: Path, tmp_path: Path) -> None:
+    path = on_server1
     env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "WG_FAILOVER_CONFIG")}
     result = subprocess.run(
         [*command_argv("wg-failover"), "--config", str(path), "--to", "server2"],
