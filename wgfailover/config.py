@@ -13,6 +13,7 @@ import difflib
 import math
 import os
 import re
+import socket
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -32,26 +33,27 @@ CONFIG_ENV_VAR = "WG_FAILOVER_CONFIG"
 # than requests within a window (a reply to a request sent before the window),
 # so the ratio is clamped; the clamping is repeated in Python for servers that
 # do not implement clamp().
+# $scope narrows a shared backend to this client's own probers (see scope.py).
 DEFAULT_FAILOVER_QUERY = (
     "clamp(1 - ("
-    'sum by ($label) (rate(smokeping_response_duration_seconds_count{$label=~"$hosts"}[$window]))'
+    'sum by ($label) (rate(smokeping_response_duration_seconds_count{$label=~"$hosts"$scope}[$window]))'
     " / "
-    'sum by ($label) (rate(smokeping_requests_total{$label=~"$hosts"}[$window]))'
+    'sum by ($label) (rate(smokeping_requests_total{$label=~"$hosts"$scope}[$window]))'
     "), 0, 1)"
 )
 # Mean round-trip time per server, only used to break near-ties in loss.
 DEFAULT_LATENCY_QUERY = (
-    'sum by ($label) (rate(smokeping_response_duration_seconds_sum{$label=~"$hosts"}[$window]))'
+    'sum by ($label) (rate(smokeping_response_duration_seconds_sum{$label=~"$hosts"$scope}[$window]))'
     " / "
-    'sum by ($label) (rate(smokeping_response_duration_seconds_count{$label=~"$hosts"}[$window]))'
+    'sum by ($label) (rate(smokeping_response_duration_seconds_count{$label=~"$hosts"$scope}[$window]))'
 )
 # Tunnel loss from the prober inside the VPN namespace, summed over every
 # series (every target) before dividing: the original read only result[0].
 DEFAULT_HEALTH_QUERY = (
     "clamp(1 - ("
-    "sum(rate(smokeping_response_duration_seconds_count{$selector}[$window]))"
+    "sum(rate(smokeping_response_duration_seconds_count{$selector$scope}[$window]))"
     " / "
-    "sum(rate(smokeping_requests_total{$selector}[$window]))"
+    "sum(rate(smokeping_requests_total{$selector$scope}[$window]))"
     "), 0, 1)"
 )
 
@@ -187,6 +189,15 @@ class HealthSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class FleetSettings:
+    """Which probes in a shared backend are this client's (see scope.py)."""
+
+    client: str = ""  # this client's identity; "" until loaded: the short hostname
+    client_label: str = ""  # the label holding it on its probers' series; "": one client per backend
+    ranking_scope: str = "client"  # "client": its own probes of each server; "fleet": every client's
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     path: Path
     servers: tuple[Server, ...]
@@ -200,6 +211,7 @@ class Config:
     prometheus: PrometheusSettings = PrometheusSettings()
     failover: FailoverSettings = FailoverSettings()
     health: HealthSettings = HealthSettings()
+    fleet: FleetSettings = FleetSettings()
 
     def server(self, name: str) -> Server | None:
         """Given a name, return the configured server of that name, or None."""
@@ -344,6 +356,14 @@ def _priority(value: object) -> int:
     return value
 
 
+def _positive_number(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"expected a number, got {_type_name(value)}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"must be a number above 0, got {value}")
+    return float(value)
+
+
 def _ratio(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"expected a number between 0 and 1, got {_type_name(value)}")
@@ -409,6 +429,27 @@ def _label_name(value: object) -> str:
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", text):
         raise ValueError(f"{text!r} is not a Prometheus label name")
     return text
+
+
+def _optional_label_name(value: object) -> str:
+    return "" if value == "" else _label_name(value)
+
+
+def _label_value(value: object) -> str:
+    text = _nonempty_string(value)
+    if not text.isprintable():
+        raise ValueError("must not contain control characters")
+    return text
+
+
+def _short_hostname() -> str:
+    # The short name, as NixOS's networking.hostName and most scrape configs spell it.
+    return socket.gethostname().split(".")[0] or "localhost"
+
+
+def _uses_client(query: str, selector: str) -> bool:
+    used = set(_PLACEHOLDER.findall(query))
+    return "scope" in used or "client" in used or ("selector" in used and "$client" in selector)
 
 
 def _url(value: object) -> str:
@@ -492,8 +533,9 @@ _TOP_KEYS = [
     "prometheus",
     "failover",
     "health",
+    "fleet",
 ]
-_SERVER_KEYS = ["endpoint", "priority"]
+_SERVER_KEYS = ["endpoint", "priority", "weight"]
 
 
 def _parse_servers(document: dict[str, Any], config_dir: Path, problems: _Problems) -> tuple[Server, ...]:
@@ -517,7 +559,10 @@ def _parse_servers(document: dict[str, Any], config_dir: Path, problems: _Proble
         _reject_unknown(options, _SERVER_KEYS, prefix, problems)
         endpoint = _take(options, "endpoint", prefix, _nonempty_string, None, problems)
         priority = _take(options, "priority", prefix, _priority, None, problems)
-        servers.append(Server(name=name, config_path=config_dir / name, endpoint=endpoint, priority=priority))
+        weight = _take(options, "weight", prefix, _positive_number, 1.0, problems)
+        servers.append(
+            Server(name=name, config_path=config_dir / name, endpoint=endpoint, priority=priority, weight=weight)
+        )
     return tuple(servers)
 
 
@@ -565,7 +610,7 @@ def parse_config(document: dict[str, Any], path: Path) -> Config:
         problems.add("prometheus.bearer_token_file", "use either a bearer token or a username, not both")
 
     fail = _section_reader(document, "failover", FailoverSettings(), problems)
-    failover_placeholders = {"hosts", "label", "window"}
+    failover_placeholders = {"hosts", "label", "window", "scope", "client"}
     failover = FailoverSettings(
         window=fail("window", _positive_duration),
         hold_down=fail("hold_down", parse_duration),
@@ -585,7 +630,7 @@ def parse_config(document: dict[str, Any], path: Path) -> Config:
         window=health_key("window", _positive_duration),
         min_window=health_key("min_window", _positive_duration),
         selector=health_key("selector", _nonempty_string),
-        query=health_key("query", _template({"window"}, {"selector", "window"})),
+        query=health_key("query", _template({"window"}, {"selector", "window", "scope", "client"})),
         on_no_data=health_key("on_no_data", _choice("failure", "ignore")),
         failover_command=health_key("failover_command", _argv),
         interface=health_key("interface", _nonempty_string),
@@ -604,6 +649,20 @@ def parse_config(document: dict[str, Any], path: Path) -> Config:
             f"must not be shorter than health.min_window ({health.min_window:g}s)",
         )
 
+    fleet_key = _section_reader(document, "fleet", FleetSettings(), problems)
+    fleet = FleetSettings(
+        client=fleet_key("client", _label_value) or _short_hostname(),
+        client_label=fleet_key("client_label", _optional_label_name),
+        ranking_scope=fleet_key("ranking_scope", _choice("client", "fleet")),
+    )
+    if fleet.client_label and not _uses_client(health.query, health.selector):
+        # Without it, one client's dead tunnel is averaged with every other client's healthy ones.
+        problems.add(
+            "health.query",
+            "must use $scope or $client (in the query or health.selector) when fleet.client_label is set, "
+            "or it judges every client's tunnel probes together",
+        )
+
     if problems.items:
         raise ConfigError(path, problems.items)
     return Config(
@@ -612,6 +671,7 @@ def parse_config(document: dict[str, Any], path: Path) -> Config:
         prometheus=prometheus,
         failover=failover,
         health=health,
+        fleet=fleet,
         **top_level,
     )
 

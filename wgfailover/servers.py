@@ -26,6 +26,7 @@ class Server:
     config_path: Path
     endpoint: str | None = None  # explicit override from the config file
     priority: int | None = None  # lower is preferred; None: after every numbered tier
+    weight: float = 1.0  # capacity relative to the others: its share of clients choosing among near-ties
 
 
 def is_safe_server_name(name: str) -> bool:

@@ -282,7 +282,7 @@ handshake_timeout = "4m"
         ({**MINIMAL, "failover": {"query": 'loss{host=~"$hosts"}'}}, "failover.query: must use $window"),
         (
             {**MINIMAL, "failover": {"query": "loss[$window] $host"}},
-            "failover.query: unknown placeholder $host (allowed: $hosts, $label, $window)",
+            "failover.query: unknown placeholder $host (allowed: $client, $hosts, $label, $scope, $window)",
         ),
         ({**MINIMAL, "failover": {"tie_epsilon": 2}}, "failover.tie_epsilon: must be between 0 and 1, got 2"),
         ({**MINIMAL, "health": {"threshold": 1.5}}, "health.threshold: must be between 0 and 1, got 1.5"),
@@ -410,3 +410,58 @@ def test_a_single_prometheus_url_is_a_list_of_one() -> None:
 def test_a_duration_is_described_as_a_person_writes_it(seconds: float, text: str) -> None:
     assert describe_duration(seconds) == text
     assert parse_duration(text) == seconds
+
+
+def test_fleet_defaults_to_one_client_per_backend_named_after_the_host() -> None:
+    import socket
+
+    fleet = parse_config(MINIMAL, Path("c.toml")).fleet
+    assert (fleet.client, fleet.client_label, fleet.ranking_scope) == (socket.gethostname().split(".")[0], "", "client")
+
+
+def test_fleet_and_weights_are_read() -> None:
+    document = {
+        "servers": {"a": {"weight": 2}, "b": {}},
+        "fleet": {"client": "laptop-17", "client_label": "wg_client", "ranking_scope": "fleet"},
+    }
+    config = parse_config(document, Path("c.toml"))
+    assert [server.weight for server in config.servers] == [2.0, 1.0]
+    assert (config.fleet.client, config.fleet.client_label, config.fleet.ranking_scope) == (
+        "laptop-17",
+        "wg_client",
+        "fleet",
+    )
+
+
+@pytest.mark.parametrize(
+    ("document", "problem"),
+    [
+        ({"servers": {"a": {"weight": 0}}}, "servers.a.weight: must be a number above 0, got 0"),
+        ({"servers": {"a": {"weight": "2"}}}, "servers.a.weight: expected a number, got a string"),
+        (
+            {**MINIMAL, "fleet": {"client_label": "wg-client"}},
+            "fleet.client_label: 'wg-client' is not a Prometheus label name",
+        ),
+        (
+            {**MINIMAL, "fleet": {"ranking_scope": "own"}},
+            "fleet.ranking_scope: must be one of 'client', 'fleet', got 'own'",
+        ),
+        ({**MINIMAL, "fleet": {"client": ""}}, "fleet.client: must not be empty"),
+        (
+            {**MINIMAL, "fleet": {"client_label": "wg_client"}, "health": {"query": "up{$selector}[$window]"}},
+            "health.query: must use $scope or $client (in the query or health.selector) when fleet.client_label is set, "
+            "or it judges every client's tunnel probes together",
+        ),
+    ],
+)
+def test_bad_fleet_and_weight_values_are_reported(document: dict, problem: str) -> None:
+    assert problems_of(document) == [problem]
+
+
+def test_a_custom_health_selector_may_carry_the_client_itself() -> None:
+    document = {
+        **MINIMAL,
+        "fleet": {"client_label": "wg_client"},
+        "health": {"selector": 'job="vpn-prober",instance=~"$client:.*"', "query": "1 - avg(up{$selector}[$window])"},
+    }
+    assert parse_config(document, Path("c.toml")).fleet.client_label == "wg_client"

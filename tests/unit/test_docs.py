@@ -11,7 +11,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from wgfailover.config import Config, FailoverSettings, HealthSettings, PrometheusSettings
+from wgfailover.config import Config, FailoverSettings, FleetSettings, HealthSettings, PrometheusSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = {
@@ -52,10 +52,10 @@ def documented_keys() -> list[str]:
     keys = [
         f.name
         for f in dataclasses.fields(Config)
-        if f.name not in ("path", "servers", "prometheus", "failover", "health")
+        if f.name not in ("path", "servers", "prometheus", "failover", "health", "fleet")
     ]
-    keys += ["endpoint", "priority"]
-    for settings in (PrometheusSettings, FailoverSettings, HealthSettings):
+    keys += ["endpoint", "priority", "weight"]
+    for settings in (PrometheusSettings, FailoverSettings, HealthSettings, FleetSettings):
         keys += [f.name for f in dataclasses.fields(settings) if not f.metadata.get("derived")]
     return keys
 

@@ -354,6 +354,7 @@ def _decide(
         unusable=unusable,
         priorities=config.priorities,
         threshold=config.health.threshold,
+        weights={server.name: server.weight for server in config.servers},
     )
     fault = None
     if error is None:

@@ -140,7 +140,7 @@ def _check_ranking(config: Config, report: OnlineReport, ask: Callable[[str], li
     known = [endpoint for endpoint in endpoints.values() if endpoint is not None]
     if not known:
         return
-    answer = ask(build_query(config.failover, known))
+    answer = ask(build_query(config.failover, known, fleet=config.fleet))
     if isinstance(answer, str):
         report.problems.append(f"failover.query: {answer}")
         return
@@ -182,7 +182,7 @@ def _check_health(config: Config, report: OnlineReport, ask: Callable[[str], lis
                     f"health.selector: target {target!r} is this host (smokeping_prober's default?): it never "
                     "loses packets and dilutes the tunnel's loss; remove it from the inner prober's targets"
                 )
-    loss = ask(render_query(health.query, health.selector, format_duration(health.window)))
+    loss = ask(render_query(health.query, health.selector, format_duration(health.window), config.fleet))
     if isinstance(loss, str):
         report.problems.append(f"health.query: {loss}")
     elif not loss:

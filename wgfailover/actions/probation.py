@@ -90,7 +90,7 @@ def _read(
         return ProbationReading(elapsed=elapsed)
     try:
         client = open_prometheus(config.prometheus, config.state_dir, remember=True, wall_clock=lambda: now)
-        tunnel = measure_tunnel_loss(client, health, span)
+        tunnel = measure_tunnel_loss(client, health, span, config.fleet)
     except (PrometheusError, ConfigError) as error:
         return ProbationReading(elapsed=elapsed, span=span, error=str(error))
     return ProbationReading(elapsed=elapsed, loss=tunnel.loss, span=span)

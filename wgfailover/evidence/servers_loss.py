@@ -12,11 +12,12 @@ import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
-from wgfailover.config import Config, FailoverSettings, fill_template, format_duration
+from wgfailover.config import Config, FailoverSettings, FleetSettings, fill_template, format_duration
 from wgfailover.errors import ConfigError, PrometheusError
 from wgfailover.evidence.readings import ServerReading, clean_latency, clean_loss
 from wgfailover.prometheus import Sample, escape_regex_value
 from wgfailover.prometheus_pool import open_prometheus
+from wgfailover.scope import ranking_placeholders
 from wgfailover.servers import Server, resolve_endpoint
 
 log = logging.getLogger(__name__)
@@ -26,19 +27,29 @@ log = logging.getLogger(__name__)
 METRIC_LABEL = "wgf_metric"
 
 
-def build_query(settings: FailoverSettings, endpoints: Iterable[str], window: float | None = None) -> str:
+def build_query(
+    settings: FailoverSettings,
+    endpoints: Iterable[str],
+    window: float | None = None,
+    fleet: FleetSettings | None = None,
+) -> str:
     """
-    Given the failover settings, the endpoints to ask about and the window
-    (None: failover.window), return the one PromQL query for loss and
-    latency: each template with $hosts (the endpoints, regex-escaped and
-    joined by '|'), $label and $window filled in, its series tagged
-    wgf_metric="loss" or "latency", joined with 'or'.
+    Given the failover settings, the endpoints to ask about, the window
+    (None: failover.window) and the fleet settings, return the one PromQL
+    query for loss and latency: each template with $hosts (the endpoints,
+    regex-escaped and joined by '|'), $label, $window, $scope and $client
+    (scope.py) filled in, its series tagged wgf_metric="loss" or "latency",
+    joined with 'or'. In the "fleet" ranking scope latency is left out: the
+    fleet's mean round-trip time says nothing about this client's path, and
+    would send every client to the same server.
     """
+    fleet = fleet or FleetSettings()
     hosts = "|".join(escape_regex_value(endpoint) for endpoint in sorted(set(endpoints)))
     seconds = settings.window if window is None else window
     values = {"hosts": hosts, "label": settings.label, "window": format_duration(seconds)}
+    values.update(ranking_placeholders(fleet))
     parts = [_tagged(fill_template(settings.query, values), "loss")]
-    if settings.latency_query.strip():
+    if settings.latency_query.strip() and fleet.ranking_scope == "client":
         parts.append(_tagged(fill_template(settings.latency_query, values), "latency"))
     return " or ".join(parts)
 
@@ -123,7 +134,7 @@ def measure_servers(
     known = [endpoint for endpoint in endpoints.values() if endpoint is not None]
     if not known:
         return [], "no server has a known endpoint to ask Prometheus about"
-    query = build_query(config.failover, known, window)
+    query = build_query(config.failover, known, window, config.fleet)
     try:
         # A credential file that can't be read is a configuration error, but
         # at failover time the tunnel is already broken: the policy decides.

@@ -14,28 +14,37 @@ from __future__ import annotations
 
 import logging
 
-from wgfailover.config import Config, HealthSettings, fill_template, format_duration
+from wgfailover.config import Config, FleetSettings, HealthSettings, fill_template, format_duration
 from wgfailover.errors import ConfigError, PrometheusError
 from wgfailover.evidence.handshake import check_handshake
 from wgfailover.evidence.readings import TunnelReading, clean_loss
 from wgfailover.prometheus_pool import PrometheusPool, open_prometheus
+from wgfailover.scope import health_placeholders
 
 log = logging.getLogger(__name__)
 
 
-def render_query(template: str, selector: str, window: str) -> str:
-    """Given the health query template, the selector and a PromQL range, return the query."""
-    # Unknown placeholders were rejected when the config was loaded.
-    return fill_template(template, {"selector": selector, "window": window})
-
-
-def measure_tunnel_loss(client: PrometheusPool, health: HealthSettings, seconds: float) -> TunnelReading:
+def render_query(template: str, selector: str, window: str, fleet: FleetSettings | None = None) -> str:
     """
-    Given a Prometheus client, the health settings and the whole seconds to
-    judge, ending now, return the tunnel loss over them (None when there is
+    Given the health query template, the selector, a PromQL range and the
+    fleet settings, return the query: $selector, $window, $scope and $client
+    filled in ($client in the selector too), so it reads this client's own
+    tunnel probes only.
+    """
+    # Unknown placeholders were rejected when the config was loaded.
+    scope = health_placeholders(fleet or FleetSettings())
+    return fill_template(template, {"selector": fill_template(selector, scope), "window": window, **scope})
+
+
+def measure_tunnel_loss(
+    client: PrometheusPool, health: HealthSettings, seconds: float, fleet: FleetSettings | None = None
+) -> TunnelReading:
+    """
+    Given a Prometheus client, the health settings, the whole seconds to
+    judge, ending now, and the fleet settings, return the tunnel loss over them (None when there is
     no data). Raise PrometheusError if Prometheus cannot be asked.
     """
-    query = render_query(health.query, health.selector, format_duration(seconds))
+    query = render_query(health.query, health.selector, format_duration(seconds), fleet)
     samples = client.query(query)
     known = [loss for loss in (clean_loss(sample.value) for sample in samples) if loss is not None]
     if not samples:
@@ -69,7 +78,7 @@ def measure_tunnel(config: Config, seconds: float, now: float, remember: bool = 
         raise ConfigError(config.path, "prometheus.url is not set; wg-health-check needs it (or health.interface)")
     try:
         client = open_prometheus(config.prometheus, config.state_dir, remember=remember, wall_clock=lambda: now)
-        return measure_tunnel_loss(client, health, seconds)
+        return measure_tunnel_loss(client, health, seconds, config.fleet)
     except PrometheusError as error:
         if interface is None:
             raise

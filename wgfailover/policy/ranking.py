@@ -40,7 +40,9 @@ equal):
    from name order, so one seed gives one ranking whatever the input order,
    and a fleet of hosts seeing the same numbers does not pile onto the
    first name (nor, with every loss unknown, does one host always retreat
-   to it, as the original did).
+   to it, as the original did). With per-server ``weights`` (capacity), the
+   first place of the shuffle goes to each server with a chance proportional
+   to its weight, so a fleet spreads in proportion to capacity.
 """
 
 from __future__ import annotations
@@ -123,6 +125,7 @@ def rank_servers(
     unusable: Mapping[str, str] | None = None,
     priorities: Mapping[str, int | None] | None = None,
     threshold: float | None = None,
+    weights: Mapping[str, float] | None = None,
 ) -> list[RankedServer]:
     """
     Given one ServerReading per configured server, the current server's name
@@ -139,6 +142,7 @@ def rank_servers(
     """
     unusable = unusable or {}
     priorities = priorities or {}
+    weights = weights or {}
     left = held_down_servers(history, now, hold_down)
     candidates = [m for m in readings if m.name != current and m.name not in unusable]
     tiers = sorted({tier_of(priorities, m.name) for m in candidates})
@@ -149,7 +153,7 @@ def rank_servers(
     for held in (False, True):
         half = [m for m in candidates if (m.name in left) == held]
         for part, members in _preference_parts(half, tiers, priorities, threshold):
-            placed += _place(members, held, part, tie_epsilon, rng)
+            placed += _place(members, held, part, tie_epsilon, rng, weights)
 
     rows = [
         _row(entry.reading, rank, _reason(entry, placed[0], len(placed), left, len(tiers) > 1), left)
@@ -246,7 +250,12 @@ def _preference_parts(
 
 
 def _place(
-    members: list[ServerReading], held: bool, part: _Part, tie_epsilon: float, rng: random.Random
+    members: list[ServerReading],
+    held: bool,
+    part: _Part,
+    tie_epsilon: float,
+    rng: random.Random,
+    weights: Mapping[str, float],
 ) -> list[_Placed]:
     """Given the members of one part, return them placed by steps 4 to 6: known losses first, then unknown."""
     placed = []
@@ -257,7 +266,7 @@ def _place(
         latency_groups.append([m for m in loss_group if m.latency is None])
         for latency_index, latency_group in enumerate(latency_groups):
             is_known = latency_index < len(latency_groups) - 1
-            for reading in _shuffled(latency_group, rng):
+            for reading in _shuffled(latency_group, rng, weights):
                 placed.append(
                     _Placed(
                         reading,
@@ -270,7 +279,7 @@ def _place(
                     )
                 )
     unknown = [m for m in members if m.loss is None]
-    placed += [_Placed(m, held, part, None, None, len(unknown), len(unknown)) for m in _shuffled(unknown, rng)]
+    placed += [_Placed(m, held, part, None, None, len(unknown), len(unknown)) for m in _shuffled(unknown, rng, weights)]
     return placed
 
 
@@ -303,10 +312,16 @@ def _groups(
     return groups
 
 
-def _shuffled(items: list[ServerReading], rng: random.Random) -> list[ServerReading]:
+def _shuffled(items: list[ServerReading], rng: random.Random, weights: Mapping[str, float]) -> list[ServerReading]:
     result = sorted(items, key=lambda m: m.name)
-    rng.shuffle(result)
-    return result
+    if len({weights.get(m.name, 1.0) for m in result}) <= 1:
+        rng.shuffle(result)
+        return result
+    # Weighted random order (Efraimidis and Spirakis): each item draws
+    # u ** (1 / weight) and the largest draw goes first, so the first place
+    # falls to each item with a chance proportional to its weight.
+    keys = {m.name: rng.random() ** (1.0 / weights.get(m.name, 1.0)) for m in result}
+    return sorted(result, key=lambda m: keys[m.name], reverse=True)
 
 
 def _reason(entry: _Placed, first: _Placed, candidates: int, left: Mapping[str, float], tiered: bool) -> str:

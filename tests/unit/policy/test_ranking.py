@@ -29,6 +29,7 @@ def rank(
     tie_epsilon: float = 0.02,
     seed: int = 0,
     unusable: dict[str, str] | None = None,
+    weights: dict[str, float] | None = None,
 ) -> list[RankedServer]:
     return rank_servers(
         [ServerReading("current", 0.9), *readings] if current == "current" else readings,
@@ -39,6 +40,7 @@ def rank(
         tie_epsilon=tie_epsilon,
         rng=random.Random(seed),
         unusable=unusable,
+        weights=weights,
     )
 
 
@@ -114,6 +116,39 @@ def test_ties_are_broken_at_random_not_by_name(readings: list[ServerReading]) ->
     firsts = Counter(names(rank(readings, seed=seed, tie_epsilon=0.05))[0] for seed in range(400))
     assert set(firsts) == {"a", "b", "c", "d"}
     assert min(firsts.values()) > 50
+
+
+@pytest.mark.parametrize(
+    ("weights", "expected_share"),
+    [
+        ({"a": 2.0}, {"a": 0.4, "b": 0.2, "c": 0.2, "d": 0.2}),  # twice the capacity, twice the share
+        ({"a": 3.0, "b": 3.0}, {"a": 0.375, "b": 0.375, "c": 0.125, "d": 0.125}),
+        ({"d": 0.5}, {"a": 2 / 7, "b": 2 / 7, "c": 2 / 7, "d": 1 / 7}),
+    ],
+)
+def test_ties_go_to_each_server_in_proportion_to_its_weight(
+    weights: dict[str, float], expected_share: dict[str, float]
+) -> None:
+    runs = 4000
+    measurements = [ServerReading(name, 0.0) for name in "abcd"]
+    firsts = Counter(names(rank(measurements, seed=seed, weights=weights))[0] for seed in range(runs))
+    for name, share in expected_share.items():
+        # 4000 draws: the standard error of a share is at most 0.008.
+        assert firsts[name] / runs == pytest.approx(share, abs=0.03), (name, firsts)
+
+
+def test_weight_never_overrides_a_lower_loss() -> None:
+    measurements = [ServerReading("light", 0.0), ServerReading("heavy", 0.10)]
+    for seed in range(50):
+        assert names(rank(measurements, seed=seed, weights={"heavy": 100.0}))[0] == "light"
+
+
+def test_equal_weights_shuffle_exactly_as_without_weights() -> None:
+    measurements = [ServerReading(name, 0.0) for name in "abcdef"]
+    for seed in range(20):
+        assert names(rank(measurements, seed=seed, weights={n: 2.0 for n in "abcdef"})) == names(
+            rank(measurements, seed=seed)
+        )
 
 
 def test_the_same_seed_gives_the_same_ranking_whatever_the_input_order() -> None:
