@@ -39,9 +39,10 @@ from pathlib import Path
 import requests
 
 from benchmarks.common import markdown_table
+from wgfailover.actions.failover import fail_over
 from wgfailover.config import DEFAULT_HEALTH_QUERY, Config, format_duration, parse_config
-from wgfailover.failover import build_query, fail_over
-from wgfailover.health import render_query
+from wgfailover.evidence.servers_loss import build_query
+from wgfailover.evidence.tunnel import render_query
 from wgfailover.state import StateDir
 from wglab.prometheus import VictoriaMetricsServer
 
@@ -268,7 +269,7 @@ def measure_latency(url: str, workdir: Path, runs: int) -> list[tuple[str, list[
     endpoints = [endpoint(name) for name in server_names()]
     for scope in ("client", "fleet"):
         queries = [
-            build_query(config.failover, endpoints, config.fleet)
+            build_query(config.failover, endpoints, fleet=config.fleet)
             for config in (client_config(workdir, url, client, scope, {}) for client in picks)
         ]
         results.append((f"ranking, ranking_scope = {scope}", time_queries(url, queries)))
