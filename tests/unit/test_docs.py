@@ -5,13 +5,27 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import re
+import sys
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
 from click.testing import CliRunner
 
-from wgfailover.config import Config, FailoverSettings, FleetSettings, HealthSettings, PrometheusSettings
+from wgfailover.config import (
+    Config,
+    FailoverSettings,
+    FleetSettings,
+    HealthSettings,
+    PrometheusSettings,
+    parse_config,
+)
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = {
@@ -90,3 +104,21 @@ def test_the_readme_names_every_exit_code() -> None:
     section = readme[readme.index("Exit codes:") :][:600]
     for code in set().union(*EXIT_CODES.values()):
         assert re.search(rf"\b{code}\b", section), code
+
+
+def readme_toml(after: str) -> dict[str, Any]:
+    readme = (ROOT / "README.md").read_text()
+    block = readme[readme.index(after) :].split("```toml\n", 1)[1].split("```", 1)[0]
+    return tomllib.loads(block)
+
+
+@pytest.mark.parametrize("unit", ["wg-select.service", "wg-failover.service", "wg-health-check.service"])
+def test_the_readme_debian_config_writes_only_where_the_shipped_units_allow(unit: str) -> None:
+    document = readme_toml("### Debian 12")
+    parse_config(document, ROOT / "README.md")  # a valid config
+    text = (ROOT / "contrib" / "systemd" / unit).read_text()
+    assert "ProtectSystem=strict" in text
+    writable = [line.split("=", 1)[1].lstrip("-") for line in text.splitlines() if line.startswith("ReadWritePaths=")]
+    for path in (Path(document["active_link"]).parent, Path(document["textfile_dir"])):
+        assert any(path == Path(allowed) or Path(allowed) in path.parents for allowed in writable), (unit, path)
+    assert document["restart_command"] == ["systemctl", "restart", "wg-quick@wg0.service"]
