@@ -70,6 +70,7 @@ def fail_over(
     rng: random.Random | None = None,
     wall_clock: Callable[[], float] = time.time,
     sleep: Callable[[float], None] = time.sleep,
+    after_seq: int | None = None,
 ) -> FailoverResult:
     """
     Given the config and the reason to record, rank the other servers from
@@ -85,7 +86,9 @@ def fail_over(
 
     If another switch was recorded while this one waited for the lock (a
     timer-triggered and an OnFailure-triggered failover at once), nothing
-    is done and ``skipped`` says why; a ``to`` switch is always done. Must
+    is done and ``skipped`` says why; a ``to`` switch is always done, unless
+    ``after_seq`` is given and the newest switch is no longer that one (a
+    failback decided on a history that has changed since). Must
     not be called while holding the state lock (flock is per open file, so
     it would wait for itself).
 
@@ -113,7 +116,7 @@ def fail_over(
             config, state, history, reason=reason, to=to, rng=rng, now=wall_clock(), dry_run=True, force=force
         )
 
-    seen = _last_seq(state.read_history())
+    seen = last_seq(state.read_history()) if after_seq is None else after_seq
     started = wall_clock()
     with state.locked(config.lock_timeout):
         waited = wall_clock() - started
@@ -122,7 +125,7 @@ def fail_over(
         # Read once under the lock: it both detects a switch made meanwhile
         # and feeds the hold-down of the ranking.
         history = state.read_history()
-        if to is None and _last_seq(history) != seen:
+        if (to is None or after_seq is not None) and last_seq(history) != seen:
             last = history[-1] if history else None  # None: the history was removed meanwhile
             what = f" ({last.from_server or 'none'} to {last.to_server}, {last.reason})" if last else ""
             message = f"another switch{what} was made while this one waited; not switching again"
@@ -154,6 +157,11 @@ def fail_over(
     result = dataclasses.replace(result, record=record)
     back = result.from_server if to is not None and back_if_unconfirmed else None
     return _probation(config, state, result, record, restarted, back=back, wall_clock=wall_clock, sleep=sleep)
+
+
+def last_seq(history: Sequence[SwitchRecord]) -> int:
+    """Given the history, return the sequence number of its newest switch (0: none)."""
+    return history[-1].seq if history else 0
 
 
 def check_target(config: Config, name: str) -> Server:

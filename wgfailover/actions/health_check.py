@@ -18,6 +18,7 @@ import random
 import time
 from collections.abc import Callable
 
+from wgfailover.actions.failback import FailbackResult, look_for_failback
 from wgfailover.actions.failover import FailoverResult, fail_over
 from wgfailover.actions.probation import rules_for
 from wgfailover.config import Config, format_duration
@@ -61,6 +62,7 @@ class HealthResult:
     trigger: str | None = None  # how the failover is (or would be) triggered
     failover: FailoverResult | None = None  # the in-process failover's result
     why: str | None = None  # LOCAL_FAULT and HELD: why the failed check leads to no switch
+    failback: FailbackResult | None = None  # a healthy check's look for a failback (failback_after set)
 
 
 def check_health(
@@ -139,7 +141,8 @@ def check_health(
     if dry_run:
         before = state.read_failures()
         decision = decide(before)
-        return result_of(decision.outcome, reading, before, decision.failures, _why(decision))
+        result = result_of(decision.outcome, reading, before, decision.failures, _why(decision))
+        return _with_failback(config, result, dry_run=True, rng=rng, wall_clock=wall_clock)
 
     with state.locked(config.lock_timeout):
         if _switch_key(state.last_switch()) != _switch_key(last_switch) or state.read_last_check() != last_check:
@@ -164,7 +167,7 @@ def check_health(
         return result
     if decision.outcome != HealthOutcome.FAILOVER:
         log.debug("check: %s, failures %d of %d", decision.outcome, decision.failures, health.max_failures)
-        return result
+        return _with_failback(config, result, dry_run=False, rng=rng, wall_clock=wall_clock)
     reason = decision.reason or "health-check"
     # Info, not warning: the result line that follows is the warning, once.
     log.info("%s; triggering the failover (%s)", reason, trigger)
@@ -241,6 +244,23 @@ def _find_local_fault(config: Config, reading: TunnelReading, seconds: float, re
 
 def _why(decision: CheckDecision) -> str | None:
     return decision.reason if decision.outcome in (HealthOutcome.LOCAL_FAULT, HealthOutcome.HELD) else None
+
+
+def _with_failback(
+    config: Config,
+    result: HealthResult,
+    *,
+    dry_run: bool,
+    rng: random.Random | None,
+    wall_clock: Callable[[], float],
+) -> HealthResult:
+    """Given a check's result, return it with the failback step's, if it was healthy and failback is on."""
+    # Only a healthy check looks: a failing tunnel is a failover's business,
+    # so the two never race.
+    if result.outcome != HealthOutcome.HEALTHY or config.failover.failback_after is None:
+        return result
+    failback = look_for_failback(config, dry_run=dry_run, rng=rng, wall_clock=wall_clock)
+    return dataclasses.replace(result, failback=failback)
 
 
 def _trigger_name(config: Config) -> str:

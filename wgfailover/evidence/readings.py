@@ -30,6 +30,15 @@ def clean_latency(value: float) -> float | None:
 
 
 @dataclasses.dataclass(frozen=True)
+class PreferredReading:
+    """What the external prober saw of one server over the whole of failover.failback_after."""
+
+    name: str
+    worst_loss: float | None  # the highest loss of any health.min_window slice; None: no data at all
+    slices: int  # slices with data
+
+
+@dataclasses.dataclass(frozen=True)
 class ServerReading:
     """What the external prober saw of one server; None means unknown."""
 

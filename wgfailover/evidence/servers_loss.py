@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from wgfailover.config import Config, FailoverSettings, FleetSettings, fill_template, format_duration
 from wgfailover.errors import ConfigError, PrometheusError
-from wgfailover.evidence.readings import ServerReading, clean_latency, clean_loss
+from wgfailover.evidence.readings import PreferredReading, ServerReading, clean_latency, clean_loss
 from wgfailover.prometheus import Sample, escape_regex_value
 from wgfailover.prometheus_pool import open_prometheus
 from wgfailover.scope import ranking_placeholders
@@ -142,6 +142,82 @@ def measure_servers(
     except (PrometheusError, ConfigError) as error:
         return [], str(error)
     return read_server_readings(samples, config.failover.label, endpoints, warn), None
+
+
+def build_failback_query(
+    settings: FailoverSettings, endpoints: Iterable[str], failback_after: float, slice_seconds: float
+) -> str:
+    """
+    Given the failover settings, the endpoints of the servers a failback
+    could return to, failback_after and the slice length (health.min_window),
+    return the one query for their prober history: failover.query over a
+    slice, evaluated every slice across failback_after (a subquery), as its
+    worst value (wgf_metric="worst_loss") and the number of slices with a
+    value (wgf_metric="slices"). Slices without data (0/0 is NaN) are
+    dropped before both, so they count as missing, never as clean.
+    """
+    hosts = "|".join(escape_regex_value(endpoint) for endpoint in sorted(set(endpoints)))
+    values = {"hosts": hosts, "label": settings.label, "window": format_duration(slice_seconds)}
+    known = f"({fill_template(settings.query, values)}) > -Inf"
+    span = f"[{format_duration(failback_after)}:{format_duration(slice_seconds)}]"
+    worst = _tagged(f"max_over_time(({known}){span})", "worst_loss")
+    slices = _tagged(f"count_over_time(({known}){span})", "slices")
+    return f"{worst} or {slices}"
+
+
+def read_preferred_readings(
+    samples: Sequence[Sample], label: str, endpoints: Mapping[str, str | None]
+) -> dict[str, PreferredReading]:
+    """
+    Given the samples of build_failback_query's answer, the endpoint label
+    and {server: endpoint}, return a PreferredReading per server (no series:
+    no data). Several series for one endpoint count as the worst loss and
+    the fewest slices.
+    """
+    worst: dict[str, float] = {}
+    slices: dict[str, int] = {}
+    for sample in samples:
+        endpoint = sample.labels.get(label)
+        metric = sample.labels.get(METRIC_LABEL)
+        if endpoint is None:
+            continue
+        if metric == "worst_loss":
+            loss = clean_loss(sample.value)
+            if loss is not None:
+                worst[endpoint] = max(worst.get(endpoint, loss), loss)
+        elif metric == "slices" and math.isfinite(sample.value):
+            count = int(sample.value)
+            slices[endpoint] = min(slices.get(endpoint, count), count)
+    readings = {}
+    for name, endpoint in endpoints.items():
+        if endpoint is None or endpoint not in worst:
+            readings[name] = PreferredReading(name, None, 0)
+        else:
+            readings[name] = PreferredReading(name, worst[endpoint], slices.get(endpoint, 0))
+    return readings
+
+
+def measure_preferred(
+    config: Config, endpoints: Mapping[str, str | None], remember: bool
+) -> tuple[dict[str, PreferredReading], str | None]:
+    """
+    Given the config (failover.failback_after set), {server: endpoint} of
+    the servers a failback could return to and whether to remember a failed
+    Prometheus URL, return their readings from one query, and None; or no
+    readings and why Prometheus could not be asked.
+    """
+    known = [endpoint for endpoint in endpoints.values() if endpoint is not None]
+    if not known:
+        return {}, "no server to fail back to has a known endpoint to ask Prometheus about"
+    if config.failover.failback_after is None:
+        return {}, "failover.failback_after is not set"
+    query = build_failback_query(config.failover, known, config.failover.failback_after, config.health.min_window)
+    log.debug("asking Prometheus: %s", query)
+    try:
+        samples = open_prometheus(config.prometheus, config.state_dir, remember=remember).query(query)
+    except (PrometheusError, ConfigError) as error:
+        return {}, str(error)
+    return read_preferred_readings(samples, config.failover.label, endpoints), None
 
 
 def _tagged(expression: str, metric: str) -> str:

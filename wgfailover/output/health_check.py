@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from wgfailover.actions.failback import FailbackResult
 from wgfailover.actions.failover import FailoverResult
 from wgfailover.actions.health_check import HealthResult
 from wgfailover.output.failover import failover_to_json
@@ -28,9 +29,10 @@ def describe_check(result: HealthResult) -> str:
     if result.outcome == HealthOutcome.IGNORED:
         return f"{seen}; ignored (health.on_no_data = ignore); {count}"
     if result.outcome == HealthOutcome.HEALTHY:
+        back = _describe_failback(result.failback) if result.failback else ""
         if result.failures_before:
-            return f"healthy: {seen}; {would}reset {count} to 0"
-        return f"healthy: {seen}; {count}"
+            return f"healthy: {seen}; {would}reset {count} to 0{back}"
+        return f"healthy: {seen}; {count}{back}"
     if result.outcome == HealthOutcome.LOCAL_FAULT:
         return f"unhealthy: {seen}; {result.why}; not counted, no switch ({count})"
     reached = f"failure {result.failures_before + 1} of {result.max_failures}"
@@ -56,6 +58,44 @@ def _describe_failover(failover: FailoverResult) -> str:
 def check_level(result: HealthResult) -> int:
     """Given a HealthResult, return the log level its summary deserves under systemd."""
     return logging.WARNING if result.outcome in (HealthOutcome.FAILURE, HealthOutcome.FAILOVER) else logging.INFO
+
+
+def _describe_failback(failback: FailbackResult) -> str:
+    """Given the failback step's result, return what it adds to the line ('' when nothing happened)."""
+    decision = failback.decision
+    if decision.target is None:
+        # Said only when the prober's history was asked, or in a dry run: the
+        # usual "switched 3m ago" need not be repeated every minute.
+        said = failback.asked_prometheus or failback.dry_run
+        return f"; not failing back: {decision.reason}" if said else ""
+    if failback.dry_run:
+        return f"; would fail back from {failback.from_server} to {decision.target} ({decision.reason})"
+    switch = failback.switch
+    if switch is None or switch.skipped:
+        return f"; not failing back: {switch.skipped if switch else 'no switch made'}"
+    if switch.choice != decision.target:
+        why = dict(switch.tried).get(decision.target or "", "unconfirmed")
+        return (
+            f"; failed back from {switch.from_server or 'none'} to {decision.target} ({decision.reason}), "
+            f"but it failed its probation ({why}): back on {switch.choice}"
+        )
+    return f"; failed back from {switch.from_server or 'none'} to {switch.choice} ({decision.reason})"
+
+
+def failback_to_json(failback: FailbackResult) -> dict[str, Any]:
+    """Given the failback step's result, return it as a JSON-ready dict."""
+    return {
+        "target": failback.decision.target,
+        "reason": failback.decision.reason,
+        "from": failback.from_server,
+        "asked_prometheus": failback.asked_prometheus,
+        "prometheus_error": failback.prometheus_error,
+        "candidates": [
+            {"server": verdict.name, "eligible": verdict.eligible, "reason": verdict.reason}
+            for verdict in failback.decision.verdicts
+        ],
+        "switch": failover_to_json(failback.switch) if failback.switch else None,
+    }
 
 
 def check_to_json(result: HealthResult) -> dict[str, Any]:
@@ -84,4 +124,5 @@ def check_to_json(result: HealthResult) -> dict[str, Any]:
         "trigger": result.trigger,
         "why": result.why,
         "failover": failover_to_json(result.failover) if result.failover else None,
+        "failback": failback_to_json(result.failback) if result.failback else None,
     }

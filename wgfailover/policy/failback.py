@@ -32,7 +32,7 @@ import math
 import random
 from collections.abc import Collection, Mapping, Sequence
 
-from wgfailover.evidence.readings import ServerReading
+from wgfailover.evidence.readings import PreferredReading, ServerReading
 from wgfailover.policy.ranking import first_choice, format_ago, held_down_servers, rank_servers, tier_of
 from wgfailover.state import SwitchRecord
 
@@ -48,15 +48,6 @@ class FailbackPlan:
 
     candidates: tuple[str, ...]  # more preferred servers worth asking the prober about; empty: none
     skip: str | None = None  # why no failback is looked for (None: ask about the candidates)
-
-
-@dataclasses.dataclass(frozen=True)
-class PreferredReading:
-    """What the external prober saw of one server over the whole of failback_after."""
-
-    name: str
-    worst_loss: float | None  # the highest loss of any slice; None: no data at all
-    slices: int  # slices with data
 
 
 @dataclasses.dataclass(frozen=True)

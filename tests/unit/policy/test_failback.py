@@ -8,9 +8,9 @@ from collections.abc import Callable, Mapping, Sequence
 
 import pytest
 
+from wgfailover.evidence.readings import PreferredReading
 from wgfailover.policy.failback import (
     FailbackPlan,
-    PreferredReading,
     choose_failback,
     expected_slices,
     plan_failback,
