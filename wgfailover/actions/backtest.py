@@ -7,7 +7,10 @@ a failover is due (policy/health.py), and, for each failover, which server
 would have been picked (policy/ranking.py, from the external prober's
 history at that moment, with ``hold_down`` over the replayed switches). A
 failed check while every server was lossy over the same span is a local
-fault, not counted, as live (policy/local_fault.py).
+fault, not counted, as live (policy/local_fault.py). With
+``failover.failback_after`` set, a healthy check may fail back, as live
+(policy/failback.py), judged on the external prober's history of the
+preferred servers at that moment; failovers and failbacks are listed apart.
 Nothing is written: no state, no link, no restart, no metrics.
 
 What cannot be replayed: after a replayed failover, the recorded tunnel
@@ -32,8 +35,9 @@ from typing import Protocol
 from wgfailover.config import Config, HealthSettings, describe_duration, parse_duration
 from wgfailover.errors import MeasurementError, UsageError
 from wgfailover.evidence.history import TunnelHistory, read_retention
-from wgfailover.evidence.readings import ServerReading, TunnelReading
+from wgfailover.evidence.readings import PreferredReading, ServerReading, TunnelReading
 from wgfailover.evidence.servers_loss import find_endpoints
+from wgfailover.policy.failback import FailbackPlan, choose_failback, plan_failback
 from wgfailover.policy.health import CheckEvidence, CheckState, HealthOutcome, decide_check, is_failure
 from wgfailover.policy.local_fault import local_fault_of
 from wgfailover.policy.ranking import first_choice, rank_servers
@@ -54,6 +58,10 @@ class Evidence(Protocol):
 
     def servers(self, time: float, window: float | None = None) -> list[ServerReading]: ...
 
+    def preferred(
+        self, time: float, names: Sequence[str], failback_after: float, slice_seconds: float
+    ) -> Mapping[str, PreferredReading]: ...
+
 
 @dataclasses.dataclass(frozen=True)
 class ReplayedFailover:
@@ -69,6 +77,16 @@ class ReplayedFailover:
 
 
 @dataclasses.dataclass(frozen=True)
+class ReplayedFailback:
+    """One failback the replay made: a healthy check returned to a more preferred server."""
+
+    time: float  # unix time of the healthy check
+    from_server: str | None
+    to_server: str
+    reason: str  # "failback: NAME healthy for 15m", as live
+
+
+@dataclasses.dataclass(frozen=True)
 class Replay:
     """The outcome of replaying one set of settings."""
 
@@ -78,6 +96,7 @@ class Replay:
     failures: int  # checks counted as failures (the one that triggered a failover included)
     failovers: tuple[ReplayedFailover, ...]
     local_faults: int = 0  # failed checks not counted: every server was lossy over the same span
+    failbacks: tuple[ReplayedFailback, ...] = ()  # with failover.failback_after set
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +110,7 @@ class Backtest:
     initial_server: str | None
     replay: Replay
     sweep: tuple[Replay, ...] = ()
+    failback_after: float | None = None  # failover.failback_after: failbacks were replayed too
 
     @property
     def days(self) -> float:
@@ -109,13 +129,16 @@ def replay(
     priorities: Mapping[str, int | None],
     unusable: Mapping[str, str],
     rng: random.Random,
+    failback_after: float | None = None,
 ) -> Replay:
     """
     Given the check times (oldest first), the health settings, the evidence
     of the past, the server in use before the first check, the switches
-    recorded before it, and the ranking's settings, run the live rule check
-    by check and return what it would have done. ``rng`` breaks ranking
-    ties, as the live failover's random source does.
+    recorded before it, the ranking's settings and failback_after (None:
+    never fail back), run the live rule check by check and return what it
+    would have done: failovers on failed checks, failbacks on healthy ones
+    (policy/failback.py, with the prober's history of the preferred servers
+    at that moment). ``rng`` breaks ties, as the live random source does.
     """
     history = list(history)
     last_switch = history[-1] if history else None
@@ -124,6 +147,22 @@ def replay(
     checks = waiting = counted_total = local_faults = 0
     counted: list[float] = []
     failovers: list[ReplayedFailover] = []
+    failbacks: list[ReplayedFailback] = []
+
+    def switch(now: float, to_server: str, reason: str, losses: dict[str, float | None]) -> None:
+        nonlocal current, last_switch
+        record = SwitchRecord(
+            seq=(history[-1].seq + 1) if history else 1,
+            time=now,
+            from_server=current,
+            to_server=to_server,
+            reason=reason,
+            losses=losses,
+        )
+        history.append(record)
+        last_switch = record
+        current = to_server
+
     for now in times:
         span = plan_span(health, now, last_check, last_switch)
         if span.waiting:
@@ -142,6 +181,12 @@ def replay(
         last_check = CheckRecord(time=now, loss=reading.loss, span=reading.span)
         if decision.outcome == HealthOutcome.HEALTHY:
             counted = []
+            back = _failback(now, evidence, health, current, history, priorities, unusable, hold_down, failback_after)
+            if back is not None:
+                target, why, losses = _choose(back, health, priorities, failback_after, tie_epsilon, rng)
+                if target is not None:
+                    failbacks.append(ReplayedFailback(time=now, from_server=current, to_server=target, reason=why))
+                    switch(now, target, why, losses)
         elif decision.outcome in (HealthOutcome.FAILURE, HealthOutcome.FAILOVER):
             counted_total += 1
             counted.append(now)
@@ -176,17 +221,7 @@ def replay(
         )
         counted = []
         if best is not None:
-            record = SwitchRecord(
-                seq=(history[-1].seq + 1) if history else 1,
-                time=now,
-                from_server=current,
-                to_server=best.name,
-                reason=reason,
-                losses={row.name: row.loss for row in rows},
-            )
-            history.append(record)
-            last_switch = record
-            current = best.name
+            switch(now, best.name, reason, {row.name: row.loss for row in rows})
     return Replay(
         health=health,
         checks=checks,
@@ -194,7 +229,61 @@ def replay(
         failures=counted_total,
         failovers=tuple(failovers),
         local_faults=local_faults,
+        failbacks=tuple(failbacks),
     )
+
+
+def _failback(
+    now: float,
+    evidence: Evidence,
+    health: HealthSettings,
+    current: str | None,
+    history: Sequence[SwitchRecord],
+    priorities: Mapping[str, int | None],
+    unusable: Mapping[str, str],
+    hold_down: float,
+    failback_after: float | None,
+) -> tuple[FailbackPlan, Mapping[str, PreferredReading]] | None:
+    """
+    Given a healthy check, return the failback plan with the prober's
+    history of its candidates, as the live check would have read them; None
+    when the plan rules a failback out without asking (most checks).
+    """
+    plan = plan_failback(
+        current=current,
+        priorities=priorities,
+        history=history,
+        now=now,
+        failback_after=failback_after,
+        hold_down=hold_down,
+        tunnel_healthy=True,
+        unusable=set(unusable),
+    )
+    if plan.skip is not None or failback_after is None:
+        return None
+    return plan, evidence.preferred(now, plan.candidates, failback_after, health.min_window)
+
+
+def _choose(
+    asked: tuple[FailbackPlan, Mapping[str, PreferredReading]],
+    health: HealthSettings,
+    priorities: Mapping[str, int | None],
+    failback_after: float | None,
+    tie_epsilon: float,
+    rng: random.Random,
+) -> tuple[str | None, str, dict[str, float | None]]:
+    plan, readings = asked
+    decision = choose_failback(
+        plan,
+        readings,
+        priorities=priorities,
+        threshold=health.threshold,
+        failback_after=failback_after or 0.0,
+        slice_seconds=health.min_window,
+        tie_epsilon=tie_epsilon,
+        rng=rng,
+    )
+    return decision.target, decision.reason, {name: reading.worst_loss for name, reading in readings.items()}
 
 
 def parse_sweep(specs: Sequence[str]) -> dict[str, list[float]]:
@@ -321,6 +410,7 @@ def run_backtest(
             priorities=config.priorities,
             unusable=unusable,
             rng=random.Random(seed),
+            failback_after=config.failover.failback_after,
         )
 
     return Backtest(
@@ -331,6 +421,7 @@ def run_backtest(
         initial_server=current,
         replay=replay_with(health),
         sweep=tuple(replay_with(settings) for settings in replays),
+        failback_after=config.failover.failback_after,
     )
 
 

@@ -6,7 +6,9 @@ ending now. A replay asks the same query, evaluated at each past check time:
 query at that time for the few checks that judge another span (the first
 one, those right after a replayed switch). The servers' loss for the
 ranking is the failover query evaluated at the time of each replayed
-failover.
+failover. The preferred servers' history for a replayed failback is the
+failover query over health.min_window, asked once over the whole replay
+at that step; each check reads the slices the live subquery would.
 
 Prometheus refuses a range query of more than 11000 points per series, so
 the range is asked in chunks of MAX_POINTS; VictoriaMetrics allows more, and
@@ -25,13 +27,14 @@ import array
 import logging
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
-from wgfailover.config import Config, HealthSettings, format_duration, parse_duration
+from wgfailover.config import Config, HealthSettings, fill_template, format_duration, parse_duration
 from wgfailover.errors import PrometheusHTTPError
-from wgfailover.evidence.readings import ServerReading, TunnelReading, clean_loss
+from wgfailover.evidence.readings import PreferredReading, ServerReading, TunnelReading, clean_loss
 from wgfailover.evidence.servers_loss import build_query, read_server_readings
 from wgfailover.evidence.tunnel import render_query
+from wgfailover.prometheus import escape_regex_value
 from wgfailover.prometheus_pool import PrometheusPool, open_prometheus
 
 log = logging.getLogger(__name__)
@@ -68,6 +71,7 @@ class TunnelHistory:
         self._series: dict[float, array.array[float]] = {}
         self._instant: dict[tuple[float, float], float | None] = {}
         self._servers: dict[tuple[float, float | None], list[ServerReading]] = {}
+        self._preferred_slices: dict[tuple[float, float], dict[str, dict[float, float]]] = {}
 
     @property
     def times(self) -> list[float]:
@@ -127,6 +131,65 @@ class TunnelHistory:
                     samples, self._config.failover.label, self._endpoints, warn=window is None
                 )
         return self._servers[key]
+
+    def preferred(
+        self, time: float, names: Sequence[str], failback_after: float, slice_seconds: float
+    ) -> dict[str, PreferredReading]:
+        """
+        Given a check time, the servers a failback could return to,
+        failback_after and the slice length (min_window), return what the
+        live failback query would have read then: each server's worst slice
+        and its number of slices with data over failback_after. The slices
+        come from one range query over the whole replay at the slice length,
+        on the same step-aligned times as the live subquery's. Raise
+        PrometheusError if Prometheus cannot be asked.
+        """
+        slices = self._slices(failback_after, slice_seconds)
+        step = float(max(1, round(slice_seconds)))
+        # The live subquery evaluates at multiples of its step in (time - failback_after, time].
+        points = []
+        at = math.floor(time / step) * step
+        while at > time - failback_after:
+            points.append(at)
+            at -= step
+        readings = {}
+        for name in names:
+            endpoint = self._endpoints.get(name)
+            series = slices.get(endpoint) if endpoint is not None else None
+            values = [series[at] for at in points if series is not None and at in series]
+            readings[name] = PreferredReading(name, max(values) if values else None, len(values))
+        return readings
+
+    def _slices(self, failback_after: float, slice_seconds: float) -> dict[str, dict[float, float]]:
+        """Return {endpoint: {slice time: loss}} over the replay and failback_after before it (fetched once)."""
+        key = (failback_after, slice_seconds)
+        if key in self._preferred_slices:
+            return self._preferred_slices[key]
+        known = sorted({endpoint for endpoint in self._endpoints.values() if endpoint is not None})
+        step = float(max(1, round(slice_seconds)))
+        found: dict[str, dict[float, float]] = {}
+        if known:
+            hosts = "|".join(escape_regex_value(endpoint) for endpoint in known)
+            settings = self._config.failover
+            query = fill_template(
+                settings.query, {"hosts": hosts, "label": settings.label, "window": format_duration(step)}
+            )
+            start = math.floor((self._first - failback_after) / step) * step
+            end = math.floor((self._first + (self._count - 1) * self._every) / step) * step
+            while start <= end:
+                chunk_end = min(end, start + (MAX_POINTS - 1) * step)
+                for series in self._pool().query_range(query, start, chunk_end, step):
+                    endpoint = series.labels.get(settings.label)
+                    if endpoint is None:
+                        continue
+                    slot = found.setdefault(endpoint, {})
+                    for at, value in series.points:
+                        loss = clean_loss(value)
+                        if loss is not None:
+                            slot[float(at)] = max(slot.get(float(at), loss), loss)
+                start = chunk_end + step
+        self._preferred_slices[key] = found
+        return found
 
     def _fetch_range(self, seconds: float) -> array.array[float]:
         query = render_query(self._health.query, self._health.selector, format_duration(seconds))

@@ -1,11 +1,11 @@
-"""What wg-health-check --backtest prints: every replayed failover and a summary, a sweep table, or JSON."""
+"""What wg-health-check --backtest prints: the replayed failovers and failbacks, a summary, a sweep table, or JSON."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
-from wgfailover.actions.backtest import Backtest, Replay, ReplayedFailover
+from wgfailover.actions.backtest import Backtest, Replay, ReplayedFailback, ReplayedFailover
 from wgfailover.config import HealthSettings, format_duration
 from wgfailover.logs import one_line
 from wgfailover.prometheus import round_measured
@@ -19,18 +19,23 @@ NOT_MOVED = (
 
 
 def format_backtest(backtest: Backtest) -> str:
-    """Given a Backtest, return the text --backtest prints (the failovers and a summary, or the sweep table)."""
+    """Given a Backtest, return the text --backtest prints (failovers, failbacks apart, a summary; or the sweep)."""
     lines = [_heading(backtest)]
     if backtest.sweep:
         lines += ["", *_sweep_table(backtest)]
-        found = any(replay.failovers for replay in backtest.sweep)
+        found = any(replay.failovers or replay.failbacks for replay in backtest.sweep)
     else:
         replay = backtest.replay
         lines.append(f"settings: {_settings(replay.health)}")
+        failback = backtest.failback_after is not None
+        if failback:
+            lines[-1] += f", failback_after {format_duration(backtest.failback_after or 0)}"
         if replay.failovers:
-            lines += ["", *_failover_table(replay.failovers)]
-        lines += ["", _summary(replay, backtest.days)]
-        found = bool(replay.failovers)
+            lines += ["", *(["failovers:"] if failback else []), *_failover_table(replay.failovers)]
+        if replay.failbacks:
+            lines += ["", "failbacks:", *_failback_table(replay.failbacks)]
+        lines += ["", _summary(replay, backtest.days, failback)]
+        found = bool(replay.failovers or replay.failbacks)
     if found:
         lines.append(NOT_MOVED)
     return "\n".join(lines)
@@ -47,7 +52,8 @@ def backtest_to_json(backtest: Backtest) -> dict[str, Any]:
             "every_seconds": backtest.every,
             "days": round(backtest.days, 3),
             "initial_server": backtest.initial_server,
-            "note": NOT_MOVED if any(r.failovers for r in (backtest.replay, *backtest.sweep)) else None,
+            "failback_after_seconds": backtest.failback_after,
+            "note": NOT_MOVED if any(r.failovers or r.failbacks for r in (backtest.replay, *backtest.sweep)) else None,
         }
     )
     if backtest.sweep:
@@ -93,32 +99,44 @@ def _failover_table(failovers: tuple[ReplayedFailover, ...]) -> list[str]:
     return _columns(rows)
 
 
-def _summary(replay: Replay, days: float) -> str:
+def _failback_table(failbacks: tuple[ReplayedFailback, ...]) -> list[str]:
+    rows: list[tuple[str, ...]] = [("time (UTC)", "from", "to", "why")]
+    for failback in failbacks:
+        when = _utc(failback.time, seconds=True)
+        rows.append((when, failback.from_server or "-", failback.to_server, failback.reason))
+    return _columns(rows)
+
+
+def _summary(replay: Replay, days: float, failback: bool = False) -> str:
     plural = "failover" if len(replay.failovers) == 1 else "failovers"
     local = f", {replay.local_faults} failed during a local fault (not counted)" if replay.local_faults else ""
+    back = ""
+    if failback:
+        back = f", {len(replay.failbacks)} failback{'' if len(replay.failbacks) == 1 else 's'}"
+        back += f" ({len(replay.failbacks) / days:.2f} per day)"
     return (
         f"{replay.checks} checks ({replay.waiting} more waited after a switch), "
         f"{replay.failures} counted as failures{local}, {len(replay.failovers)} {plural} "
-        f"({len(replay.failovers) / days:.2f} per day)"
+        f"({len(replay.failovers) / days:.2f} per day){back}"
     )
 
 
 def _sweep_table(backtest: Backtest) -> list[str]:
+    failback = backtest.failback_after is not None
     header = ("threshold", "max_failures", "window", "min_window", "failures", "failovers", "per day")
-    rows: list[tuple[str, ...]] = [header]
+    rows: list[tuple[str, ...]] = [header + (("failbacks",) if failback else ())]
     for replay in backtest.sweep:
         health = replay.health
-        rows.append(
-            (
-                f"{health.threshold:g}",
-                str(health.max_failures),
-                format_duration(health.window),
-                format_duration(health.min_window),
-                str(replay.failures),
-                str(len(replay.failovers)),
-                f"{len(replay.failovers) / backtest.days:.2f}",
-            )
+        row = (
+            f"{health.threshold:g}",
+            str(health.max_failures),
+            format_duration(health.window),
+            format_duration(health.min_window),
+            str(replay.failures),
+            str(len(replay.failovers)),
+            f"{len(replay.failovers) / backtest.days:.2f}",
         )
+        rows.append(row + ((str(len(replay.failbacks)),) if failback else ()))
     return _columns(rows)
 
 
@@ -146,6 +164,11 @@ def _replay_to_json(replay: Replay, days: float) -> dict[str, Any]:
             for failover in replay.failovers
         ],
         "per_day": round(len(replay.failovers) / days, 3),
+        "failbacks": [
+            {"time": failback.time, "from": failback.from_server, "to": failback.to_server, "reason": failback.reason}
+            for failback in replay.failbacks
+        ],
+        "failbacks_per_day": round(len(replay.failbacks) / days, 3),
     }
 
 

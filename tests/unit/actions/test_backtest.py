@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import pytest
 
 from wgfailover.actions.backtest import Replay, override, parse_sweep, replay
 from wgfailover.config import HealthSettings
 from wgfailover.errors import UsageError
-from wgfailover.evidence.readings import ServerReading, TunnelReading
+from wgfailover.evidence.readings import PreferredReading, ServerReading, TunnelReading
 from wgfailover.state import SwitchRecord
 
 EVERY = 60.0
@@ -34,6 +34,8 @@ class TableEvidence:
     uplink_down_checks: Sequence[int] = ()
     asked: list[tuple[float, float]] = dataclasses.field(default_factory=list)
     servers_asked: list[tuple[float, float | None]] = dataclasses.field(default_factory=list)
+    preferred_loss: Callable[[int], float] = lambda index: 0.0  # the preferred server's ping loss at a check
+    preferred_asked: list[tuple[float, tuple[str, ...]]] = dataclasses.field(default_factory=list)
 
     def tunnel(self, time: float, seconds: float) -> TunnelReading:
         self.asked.append((time, seconds))
@@ -45,6 +47,19 @@ class TableEvidence:
         if window is not None and self.uplink_down(time):
             return [ServerReading(name, 1.0) for name in self.server_losses]
         return [ServerReading(name, loss) for name, loss in self.server_losses.items()]
+
+    def preferred(
+        self, time: float, names: Sequence[str], failback_after: float, slice_seconds: float
+    ) -> dict[str, PreferredReading]:
+        """One slice a check period here: a check's slices all have its loss (preferred_loss by check index)."""
+        self.preferred_asked.append((time, tuple(names)))
+        newest = int((time - START) / EVERY)
+        indices = range(newest - int(failback_after / EVERY) + 1, newest + 1)
+        per_check = int(EVERY / slice_seconds)
+        return {
+            name: PreferredReading(name, max(self.preferred_loss(index) for index in indices), per_check * len(indices))
+            for name in names
+        }
 
     def uplink_down(self, time: float) -> bool:
         return int((time - START) / EVERY) in self.uplink_down_checks
@@ -250,3 +265,84 @@ def test_overrides_replace_only_what_is_given() -> None:
     assert override(HealthSettings(selector='job="x"'), {"threshold": 0.3, "max_failures": 5}) == HealthSettings(
         selector='job="x"', threshold=0.3, max_failures=5
     )
+
+
+# --- failback: replayed as live, listed apart ------------------------------------
+
+PRIORITIES: dict[str, int | None] = {"a": 1, "b": 2, "c": 2}
+FAILBACK_AFTER = 5 * EVERY
+
+
+def run_failback(
+    losses: Sequence[float | None],
+    preferred_loss: Callable[[int], float],
+    current: str = "b",
+    history: Sequence[SwitchRecord] = (),
+    failback_after: float | None = FAILBACK_AFTER,
+    hold_down: float = 4 * EVERY,
+) -> tuple[Replay, TableEvidence]:
+    evidence = TableEvidence(losses, {"a": 0.0, "b": 0.0, "c": 0.0}, preferred_loss=preferred_loss)
+    result = replay(
+        [START + index * EVERY for index in range(len(losses))],
+        HealthSettings(),
+        evidence,
+        current=current,
+        history=history,
+        hold_down=hold_down,
+        tie_epsilon=0.02,
+        priorities=PRIORITIES,
+        unusable={},
+        rng=random.Random(0),
+        failback_after=failback_after,
+    )
+    return result, evidence
+
+
+def check_index(time: float) -> int:
+    return int((time - START) / EVERY)
+
+
+LEFT_AN_HOUR_AGO = [SwitchRecord(seq=1, time=START - 3600, from_server="a", to_server="b", reason="health-check")]
+
+
+@pytest.mark.parametrize(
+    ("losses", "preferred", "current", "history", "failovers", "failbacks"),
+    [
+        # On b since an hour, a clean all along: back to a at the first check, once.
+        ([OK] * 10, lambda i: 0.0, "b", LEFT_AN_HOUR_AGO, [], [0]),
+        # a lossy one check in three: never five clean checks in a row, never a failback.
+        ([OK] * 20, lambda i: 0.5 if i % 3 == 0 else 0.0, "b", LEFT_AN_HOUR_AGO, [], []),
+        # On a: an outage fails over to b at check 3; a is clean again from check 4;
+        # back at check 8, the first whose five-check window is clean and five after the failover.
+        ([OK, BAD, BAD, BAD] + [OK] * 10, lambda i: 1.0 if 1 <= i <= 3 else 0.0, "a", [], [3], [8]),
+        # Already on the most preferred server: nothing to fail back to.
+        ([OK] * 10, lambda i: 0.0, "a", [], [], []),
+    ],
+    ids=["steady", "flapping", "after-an-outage", "already-home"],
+)
+def test_the_replay_fails_back_where_the_live_rule_would(
+    losses: list[float | None],
+    preferred: Callable[[int], float],
+    current: str,
+    history: list[SwitchRecord],
+    failovers: list[int],
+    failbacks: list[int],
+) -> None:
+    result, _ = run_failback(losses, preferred, current, history)
+    assert failover_checks(result) == failovers
+    assert [check_index(failback.time) for failback in result.failbacks] == failbacks
+    for failback in result.failbacks:
+        assert (failback.to_server, failback.reason) == ("a", "failback: a healthy for 5m")
+
+
+def test_without_failback_after_the_replay_never_fails_back_nor_asks() -> None:
+    result, evidence = run_failback([OK] * 10, lambda i: 0.0, "b", LEFT_AN_HOUR_AGO, failback_after=None)
+    assert result.failbacks == ()
+    assert evidence.preferred_asked == []
+
+
+def test_once_home_the_replay_stops_asking_about_failback() -> None:
+    result, evidence = run_failback([OK] * 10, lambda i: 0.0, "b", LEFT_AN_HOUR_AGO)
+    [failback] = result.failbacks
+    assert failback.from_server == "b"
+    assert evidence.preferred_asked == [(START, ("a",))]  # on a from then on: nothing more preferred

@@ -19,6 +19,7 @@ import requests
 import requests_mock as requests_mock_module
 from click.testing import CliRunner
 
+from tests.conftest import DEFAULT_ENDPOINTS, write_wireguard_configs
 from wgfailover.commands.wg_health_check import main
 from wgfailover.evidence.history import MAX_POINTS
 
@@ -51,8 +52,19 @@ class FakePrometheus:
         self.ranges.append(form)
         start, end, step = float(form["start"]), float(form["end"]), float(form["step"])
         count = int(round((end - start) / step)) + 1
-        values = [[start + n * step, str(self.loss(start + n * step))] for n in range(count)]
-        return {"status": "success", "data": {"resultType": "matrix", "result": [{"metric": {}, "values": values}]}}
+        times = [start + n * step for n in range(count)]
+        if "host=~" in form["query"]:
+            # The failback's slices: server1's endpoint had the outage too, the others none.
+            result = [
+                {
+                    "metric": {"host": host},
+                    "values": [[at, str(self.loss(at) if host == "192.0.2.10" else 0)] for at in times],
+                }
+                for host in SERVER_LOSS
+            ]
+        else:
+            result = [{"metric": {}, "values": [[at, str(self.loss(at))] for at in times]}]
+        return {"status": "success", "data": {"resultType": "matrix", "result": result}}
 
     def instant_answer(self, request: Any, context: Any) -> dict[str, Any]:
         form = {key: values[0] for key, values in urllib.parse.parse_qs(request.body).items()}
@@ -105,6 +117,43 @@ def test_the_outage_is_one_failover_listed_with_a_summary(
     assert row.endswith("server2  health-check: loss 1 > 0.15 for 3 checks; lowest loss")
     assert lines[6] == "60 checks (0 more waited after a switch), 4 counted as failures, 1 failover (24.00 per day)"
     assert lines[7].startswith("note: after a replayed failover the recorded tunnel data is what it was")
+
+
+def test_failovers_and_failbacks_are_listed_apart(tmp_path: Path, requests_mock: requests_mock_module.Mocker) -> None:
+    write_wireguard_configs(tmp_path / "secrets", DEFAULT_ENDPOINTS)
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f'config_dir = "{tmp_path / "secrets"}"\nstate_dir = "{tmp_path / "state"}"\n'
+        f"[servers.server1]\npriority = 1\n[servers.server2]\npriority = 2\n[servers.server3]\npriority = 2\n"
+        f'[prometheus]\nurl = "{URL}"\n[failover]\nfailback_after = "5m"\nhold_down = "5m"\n'
+    )
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "current").write_text("server1\n")
+    fake = FakePrometheus(requests_mock)
+    result = backtest(path, "1h")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[1] == "settings: threshold 0.15, max_failures 3, window 300s, min_window 30s, failback_after 300s"
+    assert lines[3] == "failovers:"
+    assert lines[5].endswith("server1  server2  health-check: loss 1 > 0.15 for 3 checks; lowest loss")
+    # Back once server1's slices were clean for 5 minutes after the outage ended (and 5 after the failover).
+    failed_back = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(fake.outage[1] + 5 * MINUTE))
+    assert lines[7:10] == [
+        "failbacks:",
+        "time (UTC)           from     to       why",
+        f"{failed_back}  server2  server1  failback: server1 healthy for 5m",
+    ]
+    assert lines[11].endswith("1 failover (24.00 per day), 1 failback (24.00 per day)")
+    document = json.loads(backtest(path, "1h", "--json").stdout)
+    assert document["failbacks"] == [
+        {
+            "time": fake.outage[1] + 5 * MINUTE,
+            "from": "server2",
+            "to": "server1",
+            "reason": "failback: server1 healthy for 5m",
+        }
+    ]
+    assert [failover["to"] for failover in document["failovers"]] == ["server2"]
 
 
 def test_json_is_one_object_with_every_failover(config_path: Path, requests_mock: requests_mock_module.Mocker) -> None:
