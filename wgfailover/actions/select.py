@@ -2,7 +2,8 @@
 
 Runs before the tunnel unit. It keeps the recorded server when that is still
 valid, and otherwise picks one at random among the servers whose config
-exists. Random, not the first name, so a fleet booting at once spreads out.
+exists, in the most preferred tier (``priority``) among them. Random, not
+the first name, so a fleet booting at once spreads out.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from wgfailover.config import Config
 from wgfailover.errors import ActionError
 from wgfailover.metrics import write_metrics
+from wgfailover.policy.ranking import most_preferred
 from wgfailover.state import StateDir
 from wgfailover.switch import point_link
 
@@ -45,6 +47,9 @@ def select_server(
     with state.locked(config.lock_timeout):
         recorded = state.read_current(config.server_names)
         usable = [s.name for s in config.servers if s.config_path.is_file()]
+        # The most preferred tier: at boot nothing is measured, and a
+        # failback would otherwise have to bring the tunnel home later.
+        pool = most_preferred(usable, config.priorities)
         if recorded.name is not None and recorded.name in usable:
             selection = Selection(server=recorded.name, restored=True)
         else:
@@ -56,7 +61,7 @@ def select_server(
             if not usable:
                 missing = ", ".join(str(s.config_path) for s in config.servers)
                 raise ActionError(f"no server has a WireGuard config file (looked for {missing})")
-            selection = Selection(server=rng.choice(usable), restored=False, problem=problem)
+            selection = Selection(server=rng.choice(pool), restored=False, problem=problem)
             if recorded.first_boot:
                 log.info("no server recorded yet (first boot)")
             elif problem:
@@ -66,5 +71,5 @@ def select_server(
     if selection.restored:
         log.info("restored server %s", selection.server)
     else:
-        log.info("picked server %s at random among %d", selection.server, len(usable))
+        log.info("picked server %s at random among %d", selection.server, len(pool))
     return selection

@@ -173,6 +173,18 @@ def tier_of(priorities: Mapping[str, int | None], name: str) -> float:
     return math.inf if priority is None else float(priority)
 
 
+def most_preferred(names: Sequence[str], priorities: Mapping[str, int | None]) -> list[str]:
+    """
+    Given server names and {server: priority}, return those of the most
+    preferred tier among them, in the given order (all of them without
+    priorities). Nothing measured: for a pick without Prometheus, wg-select's.
+    """
+    if not names:
+        return []
+    best = min(tier_of(priorities, name) for name in names)
+    return [name for name in names if tier_of(priorities, name) == best]
+
+
 def describe_tier(tier: float) -> str:
     """Given a tier from tier_of, return it for a reason: 'priority 2' or 'no priority'."""
     return "no priority" if math.isinf(tier) else f"priority {tier:g}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import random
 from collections.abc import Callable
@@ -103,6 +104,26 @@ def test_servers_without_a_config_file_are_never_picked(make_config_file: Callab
     for seed in range(20):
         (config.state_dir / "current").unlink(missing_ok=True)
         assert select_server(config, rng=random.Random(seed)).server == "server1"
+
+
+def test_first_boot_picks_among_the_most_preferred_servers_that_have_a_config(
+    make_config_file: Callable[..., Path],
+) -> None:
+    config = load_config(make_config_file())
+    servers = tuple(
+        dataclasses.replace(s, priority={"server1": 1, "server2": 1}.get(s.name, 2)) for s in config.servers
+    )
+    config = dataclasses.replace(config, servers=servers)
+    picks = set()
+    for seed in range(40):
+        (config.state_dir / "current").unlink(missing_ok=True)
+        picks.add(select_server(config, rng=random.Random(seed)).server)
+    assert picks == {"server1", "server2"}
+    # Without configs for the preferred ones, the next tier.
+    (config.config_dir / "server1").unlink()
+    (config.config_dir / "server2").unlink()
+    (config.state_dir / "current").unlink()
+    assert select_server(config, rng=random.Random(0)).server == "server3"
 
 
 def test_no_config_at_all_is_an_error_naming_the_files(make_config_file: Callable[..., Path]) -> None:

@@ -14,6 +14,7 @@ from wgfailover.policy.ranking import (
     first_choice,
     format_ago,
     held_down_servers,
+    most_preferred,
     rank_servers,
 )
 from wgfailover.state import SwitchRecord
@@ -402,3 +403,19 @@ def test_a_server_better_than_the_one_chosen_by_hand(losses: dict[str, float | N
     readings = [ServerReading(name, loss) for name, loss in losses.items()]
     found = better_than_chosen(readings, "a", tie_epsilon=0.05)
     assert (found.name if found else None) == better
+
+
+@pytest.mark.parametrize(
+    ("names", "priorities", "expected"),
+    [
+        (["a", "b", "c"], {}, ["a", "b", "c"]),  # no priorities: all equal
+        (["a", "b", "c"], {"b": 1, "c": 1}, ["b", "c"]),
+        (["a", "b", "c"], {"a": 3, "b": 2}, ["b"]),  # unset is the last tier
+        (["a", "c"], {"b": 1, "c": 5}, ["c"]),  # among the names given only
+        ([], {"a": 1}, []),
+    ],
+)
+def test_most_preferred_is_the_best_tier_among_the_names(
+    names: list[str], priorities: dict[str, int | None], expected: list[str]
+) -> None:
+    assert most_preferred(names, priorities) == expected
