@@ -154,7 +154,7 @@ def dead_replacement(side: Side, dead: str) -> FaultTrial:
         if lab.active_server() == working and lab.ping_through_tunnel():
             restored, seconds = index, time.monotonic() - onset
             break
-    during = len(path) - 1
+    during, restarts = len(path) - 1, lab.restart_count() - restarts
     for _ in range(AFTER_CHECKS if restored else 0):
         side.check()
         side.path(path)
@@ -162,7 +162,7 @@ def dead_replacement(side: Side, dead: str) -> FaultTrial:
         side.who,
         f"dead-replacement ({dead} dead)",
         during,
-        lab.restart_count() - restarts,
+        restarts,
         len(path) - 1 - during,
         restored,
         seconds,
@@ -208,12 +208,21 @@ def measure(seed_dir: Path | None, who: list[str], interval: float) -> list[Faul
 def report(trials: list[FaultTrial], interval: float) -> str:
     """Given the trials, return them as a markdown table."""
     table = common.markdown_table(
-        ("who", "scenario", "switches", "tunnel restarts", "restored after", "switches after", "path", "exit codes"),
+        (
+            "who",
+            "scenario",
+            "switches (tunnel restarts) during",
+            "restored after",
+            "switches after",
+            "servers the tunnel was on after each check",
+            "check exit codes",
+        ),
         [
             (
                 t.who,
                 t.scenario,
-                t.switches,
+                # Every switch restarts the tunnel, and several may happen
+                # within one check (a probation episode): restarts count them all.
                 t.restarts,
                 (
                     f"{t.restored_checks} checks, {t.restored_seconds:.0f} s"
