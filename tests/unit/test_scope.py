@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from wgfailover.config import DEFAULT_FAILOVER_QUERY, DEFAULT_HEALTH_QUERY, FailoverSettings, FleetSettings
-from wgfailover.evidence.servers_loss import build_query
+from wgfailover.evidence.servers_loss import build_failback_query, build_query
 from wgfailover.evidence.tunnel import render_query
 from wgfailover.scope import client_matcher, health_placeholders, ranking_placeholders
 
@@ -65,3 +65,15 @@ def test_the_fleet_view_sums_every_clients_probes_and_leaves_latency_out() -> No
     assert "wg_client" not in query
     assert 'wgf_metric", "latency"' not in query
     assert query.startswith("label_replace(" + DEFAULT_FAILOVER_QUERY.split("(", 1)[0])
+
+
+@pytest.mark.parametrize(
+    ("fleet", "matchers"),
+    [(UNSCOPED, 0), (SCOPED, 2), (FLEET_VIEW, 0)],
+    ids=["unscoped", "client-view", "fleet-view"],
+)
+def test_the_failback_query_is_scoped_as_the_ranking(fleet: FleetSettings, matchers: int) -> None:
+    query = build_failback_query(FailoverSettings(), ["192.0.2.1"], 900, 30, fleet)
+    assert "$" not in query
+    # Worst loss and slice count each read the loss query's two selectors.
+    assert query.count(',wg_client="laptop-17"}') == 2 * matchers

@@ -32,9 +32,8 @@ from collections.abc import Mapping, Sequence
 from wgfailover.config import Config, HealthSettings, fill_template, format_duration, parse_duration
 from wgfailover.errors import PrometheusHTTPError
 from wgfailover.evidence.readings import PreferredReading, ServerReading, TunnelReading, clean_loss
-from wgfailover.evidence.servers_loss import build_query, read_server_readings
+from wgfailover.evidence.servers_loss import build_query, ranking_values, read_server_readings
 from wgfailover.evidence.tunnel import render_query
-from wgfailover.prometheus import escape_regex_value
 from wgfailover.prometheus_pool import PrometheusPool, open_prometheus
 
 log = logging.getLogger(__name__)
@@ -97,7 +96,7 @@ class TunnelHistory:
         the tunnel reading the live check would have had then. Raise
         PrometheusError if Prometheus cannot be asked.
         """
-        query = render_query(self._health.query, self._health.selector, format_duration(seconds))
+        query = render_query(self._health.query, self._health.selector, format_duration(seconds), self._config.fleet)
         index = (time - self._first) / self._every
         preloaded = self._series.get(float(seconds))
         if preloaded is not None and index == int(index) and 0 <= index < self._count:
@@ -125,7 +124,7 @@ class TunnelHistory:
             if not known:
                 self._servers[key] = [ServerReading(name) for name in self._endpoints]
             else:
-                query = build_query(self._config.failover, known, window)
+                query = build_query(self._config.failover, known, window, self._config.fleet)
                 samples = self._pool().query(query, at=time)
                 self._servers[key] = read_server_readings(
                     samples, self._config.failover.label, self._endpoints, warn=window is None
@@ -169,11 +168,8 @@ class TunnelHistory:
         step = float(max(1, round(slice_seconds)))
         found: dict[str, dict[float, float]] = {}
         if known:
-            hosts = "|".join(escape_regex_value(endpoint) for endpoint in known)
             settings = self._config.failover
-            query = fill_template(
-                settings.query, {"hosts": hosts, "label": settings.label, "window": format_duration(step)}
-            )
+            query = fill_template(settings.query, ranking_values(settings, known, step, self._config.fleet))
             start = math.floor((self._first - failback_after) / step) * step
             end = math.floor((self._first + (self._count - 1) * self._every) / step) * step
             while start <= end:
@@ -192,7 +188,7 @@ class TunnelHistory:
         return found
 
     def _fetch_range(self, seconds: float) -> array.array[float]:
-        query = render_query(self._health.query, self._health.selector, format_duration(seconds))
+        query = render_query(self._health.query, self._health.selector, format_duration(seconds), self._config.fleet)
         values = array.array("d", [math.nan]) * self._count
         for chunk_start in range(0, self._count, MAX_POINTS):
             chunk_end = min(self._count, chunk_start + MAX_POINTS) - 1

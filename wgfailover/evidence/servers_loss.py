@@ -27,6 +27,23 @@ log = logging.getLogger(__name__)
 METRIC_LABEL = "wgf_metric"
 
 
+def ranking_values(
+    settings: FailoverSettings, endpoints: Iterable[str], seconds: float, fleet: FleetSettings | None = None
+) -> dict[str, str]:
+    """
+    Given the failover settings, the endpoints, the window in seconds and the
+    fleet settings, return the values of the ranking templates' placeholders:
+    $hosts (the endpoints, regex-escaped and joined by '|'), $label, $window,
+    and $scope and $client as scope.py says. Every query built from
+    failover.query (ranking, failback, the backtest's history) fills it from
+    here, so none is left with a literal $scope.
+    """
+    hosts = "|".join(escape_regex_value(endpoint) for endpoint in sorted(set(endpoints)))
+    values = {"hosts": hosts, "label": settings.label, "window": format_duration(seconds)}
+    values.update(ranking_placeholders(fleet or FleetSettings()))
+    return values
+
+
 def build_query(
     settings: FailoverSettings,
     endpoints: Iterable[str],
@@ -44,10 +61,7 @@ def build_query(
     would send every client to the same server.
     """
     fleet = fleet or FleetSettings()
-    hosts = "|".join(escape_regex_value(endpoint) for endpoint in sorted(set(endpoints)))
-    seconds = settings.window if window is None else window
-    values = {"hosts": hosts, "label": settings.label, "window": format_duration(seconds)}
-    values.update(ranking_placeholders(fleet))
+    values = ranking_values(settings, endpoints, settings.window if window is None else window, fleet)
     parts = [_tagged(fill_template(settings.query, values), "loss")]
     if settings.latency_query.strip() and fleet.ranking_scope == "client":
         parts.append(_tagged(fill_template(settings.latency_query, values), "latency"))
@@ -145,19 +159,23 @@ def measure_servers(
 
 
 def build_failback_query(
-    settings: FailoverSettings, endpoints: Iterable[str], failback_after: float, slice_seconds: float
+    settings: FailoverSettings,
+    endpoints: Iterable[str],
+    failback_after: float,
+    slice_seconds: float,
+    fleet: FleetSettings | None = None,
 ) -> str:
     """
     Given the failover settings, the endpoints of the servers a failback
-    could return to, failback_after and the slice length (health.min_window),
-    return the one query for their prober history: failover.query over a
+    could return to, failback_after, the slice length (health.min_window)
+    and the fleet settings, return the one query for their prober history:
+    failover.query (placeholders as ranking_values fills them) over a
     slice, evaluated every slice across failback_after (a subquery), as its
     worst value (wgf_metric="worst_loss") and the number of slices with a
     value (wgf_metric="slices"). Slices without data (0/0 is NaN) are
     dropped before both, so they count as missing, never as clean.
     """
-    hosts = "|".join(escape_regex_value(endpoint) for endpoint in sorted(set(endpoints)))
-    values = {"hosts": hosts, "label": settings.label, "window": format_duration(slice_seconds)}
+    values = ranking_values(settings, endpoints, slice_seconds, fleet)
     known = f"({fill_template(settings.query, values)}) > -Inf"
     span = f"[{format_duration(failback_after)}:{format_duration(slice_seconds)}]"
     worst = _tagged(f"max_over_time(({known}){span})", "worst_loss")
@@ -211,7 +229,9 @@ def measure_preferred(
         return {}, "no server to fail back to has a known endpoint to ask Prometheus about"
     if config.failover.failback_after is None:
         return {}, "failover.failback_after is not set"
-    query = build_failback_query(config.failover, known, config.failover.failback_after, config.health.min_window)
+    query = build_failback_query(
+        config.failover, known, config.failover.failback_after, config.health.min_window, config.fleet
+    )
     log.debug("asking Prometheus: %s", query)
     try:
         samples = open_prometheus(config.prometheus, config.state_dir, remember=remember).query(query)

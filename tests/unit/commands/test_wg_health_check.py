@@ -156,6 +156,28 @@ def test_failovers_and_failbacks_are_listed_apart(tmp_path: Path, requests_mock:
     assert [failover["to"] for failover in document["failovers"]] == ["server2"]
 
 
+def test_a_fleet_client_replays_its_own_probes_only(tmp_path: Path, requests_mock: requests_mock_module.Mocker) -> None:
+    write_wireguard_configs(tmp_path / "secrets", DEFAULT_ENDPOINTS)
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f'config_dir = "{tmp_path / "secrets"}"\nstate_dir = "{tmp_path / "state"}"\n'
+        f"[servers.server1]\npriority = 1\n[servers.server2]\npriority = 2\n[servers.server3]\npriority = 2\n"
+        f'[prometheus]\nurl = "{URL}"\n[failover]\nfailback_after = "5m"\nhold_down = "5m"\n'
+        '[fleet]\nclient = "laptop-17"\nclient_label = "wg_client"\n'
+    )
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "current").write_text("server1\n")
+    fake = FakePrometheus(requests_mock)
+    result = backtest(path, "1h")
+    assert result.exit_code == 0, result.output
+    queries = [form["query"] for form in fake.ranges + fake.instants]
+    assert result.stdout.splitlines()[-2].endswith("1 failover (24.00 per day), 1 failback (24.00 per day)")
+    # Tunnel history, the ranking at the failover and the failback's slices: each this client's, none a literal $scope.
+    assert any("wgf_metric" in query for query in queries) and any("host=~" in form["query"] for form in fake.ranges)
+    for query in queries:
+        assert "$" not in query and 'wg_client="laptop-17"' in query, query
+
+
 def test_json_is_one_object_with_every_failover(config_path: Path, requests_mock: requests_mock_module.Mocker) -> None:
     fake = FakePrometheus(requests_mock)
     result = backtest(config_path, "1h", "--json")
