@@ -105,3 +105,24 @@ def test_online_check_of_a_working_setup_exits_0_with_what_it_confirmed(tmp_path
     assert result.exit_code == 0
     assert document["online"] is True
     assert "the ranking query has a loss series for every server (host label)" in document["checked"]
+
+
+def test_in_a_fleet_the_selector_counts_only_this_clients_targets(
+    tmp_path: Path, prometheus_server: Callable[[str], Any]
+) -> None:
+    now = time.time()
+    samples = []
+    for client, host in (("laptop", "192.0.2.53"), ("desktop", "192.0.2.54"), ("desktop", "localhost")):
+        labels = {"host": host, "job": "vpn-prober", "wg_client": client}
+        for at in range(int(now) - 600, int(now) + 1, 15):
+            samples.append(("smokeping_requests_total", labels, float(at - int(now) + 600), float(at)))
+    server = prometheus_server(as_openmetrics(samples))
+    server.wait_for_series("smokeping_requests_total", min_series=3)
+    path = write_config(tmp_path, [str(server.url)], tmp_path, "true")
+    path.write_text(path.read_text() + '[fleet]\nclient = "laptop"\nclient_label = "wg_client"\n')
+    result = CliRunner().invoke(
+        wg_select, ["--config", str(path), "--check-config", "--online"], env={"JOURNAL_STREAM": None}
+    )
+    # desktop's localhost target is not this client's: no warning about it.
+    assert "ok: health.selector matches 1 series, 1 targets: 192.0.2.53" in result.stdout, result.output
+    assert "warning" not in result.stderr

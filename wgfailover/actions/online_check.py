@@ -23,12 +23,13 @@ import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping
 
-from wgfailover.config import Config, PrometheusSettings, format_duration
+from wgfailover.config import Config, PrometheusSettings, fill_template, format_duration
 from wgfailover.errors import ConfigError, PrometheusError
 from wgfailover.evidence.servers_loss import METRIC_LABEL, build_query
 from wgfailover.evidence.tunnel import render_query
 from wgfailover.prometheus import PrometheusClient, Sample
 from wgfailover.prometheus import _redact_url as redact_url  # the one redaction rule
+from wgfailover.scope import health_placeholders
 from wgfailover.servers import resolve_endpoint
 
 # smokeping_prober's label for the target it pings.
@@ -162,13 +163,16 @@ def _check_ranking(config: Config, report: OnlineReport, ask: Callable[[str], li
 
 def _check_health(config: Config, report: OnlineReport, ask: Callable[[str], list[Sample] | str]) -> None:
     health = config.health
-    series = ask(f"smokeping_requests_total{{{health.selector}}}")
+    # As the default health query selects: the selector, then this client's matcher in a fleet.
+    placeholders = health_placeholders(config.fleet)
+    matchers = fill_template(health.selector, placeholders) + placeholders["scope"]
+    series = ask(f"smokeping_requests_total{{{matchers}}}")
     if isinstance(series, str):
         report.problems.append(f"health.selector: {series}")
         return
     if not series:
         report.problems.append(
-            f"health.selector: no smokeping_requests_total{{{health.selector}}} series "
+            f"health.selector: no smokeping_requests_total{{{matchers}}} series "
             "(is the prober in the VPN namespace scraped with these labels?)"
         )
     else:
