@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from wgfailover.errors import ConfigError
+from wgfailover.fsutil import RefusedFile, read_regular_file
 from wgfailover.servers import Server, check_server_name
 
 if sys.version_info >= (3, 11):
@@ -27,6 +28,11 @@ else:  # pragma: no cover - exercised only on old Pythons
     import tomli as tomllib
 
 DEFAULT_CONFIG_PATH = Path("/etc/wg-failover/config.toml")
+# Bounds of the files a config names or is: a config, or a WireGuard
+# config, is a few KiB; a credential a few hundred bytes. Anything far
+# larger is a wrong path (a log, a device), not worth reading into memory.
+MAX_CONFIG_BYTES = 1024 * 1024
+MAX_SECRET_BYTES = 64 * 1024
 CONFIG_ENV_VAR = "WG_FAILOVER_CONFIG"
 
 # Loss per server, from the external prober. smokeping can count more replies
@@ -685,9 +691,12 @@ def load_config(path: Path) -> Config:
     """
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        # Followed if a symlink: NixOS links /etc files into the store.
+        raw = read_regular_file(path, MAX_CONFIG_BYTES, follow_symlinks=True)
     except FileNotFoundError:
         raise ConfigError(path, "no such file (set --config or WG_FAILOVER_CONFIG)") from None
+    except RefusedFile as error:
+        raise ConfigError(path, f"cannot read: it {error.strerror}") from None
     except OSError as error:
         raise ConfigError(path, f"cannot read: {error.strerror}") from None
     try:

@@ -40,7 +40,7 @@ import requests.auth
 import urllib3
 
 from wgfailover import __version__
-from wgfailover.config import PrometheusSettings
+from wgfailover.config import MAX_CONFIG_BYTES, MAX_SECRET_BYTES, PrometheusSettings
 from wgfailover.errors import (
     ConfigError,
     PrometheusBadResponse,
@@ -49,6 +49,7 @@ from wgfailover.errors import (
     PrometheusTimeout,
     PrometheusUnreachable,
 )
+from wgfailover.fsutil import RefusedFile, read_regular_file
 from wgfailover.redact import SecretMask
 
 __all__ = [
@@ -636,15 +637,15 @@ def _read_secret(path: Path, key: str) -> str:
     surrounding whitespace. Raise ConfigError if it can't be read or is empty.
     """
     try:
-        with open(path, "rb") as file:
-            mode = stat.S_IMODE(os.fstat(file.fileno()).st_mode)
-            text = file.read().decode("utf-8")
+        # Followed if a symlink (sops-nix and agenix link /run/secrets/NAME).
+        text = read_regular_file(path, MAX_SECRET_BYTES, follow_symlinks=True).decode("utf-8")
+        mode = stat.S_IMODE(os.stat(path).st_mode)
     except FileNotFoundError:
         raise ConfigError(path, f"{key}: no such file") from None
     except UnicodeDecodeError:
         raise ConfigError(path, f"{key}: not UTF-8 text") from None
     except OSError as error:
-        raise ConfigError(path, f"{key}: cannot read: {error.strerror or error}") from None
+        raise ConfigError(path, f"{key}: cannot read: {_file_problem(error)}") from None
     if mode & 0o044:
         # Warned about, not refused: refusing would break the tunnel's failover
         # over a permission that is already the operator's decision.
@@ -660,12 +661,15 @@ def _read_secret(path: Path, key: str) -> str:
 def _check_readable(path: Path, key: str) -> None:
     """Given a file and its config key, return if it can be read. Raise ConfigError if not."""
     try:
-        with open(path, "rb") as file:
-            file.read(1)
+        read_regular_file(path, MAX_CONFIG_BYTES, follow_symlinks=True)
     except FileNotFoundError:
         raise ConfigError(path, f"{key}: no such file") from None
     except OSError as error:
-        raise ConfigError(path, f"{key}: cannot read: {error.strerror or error}") from None
+        raise ConfigError(path, f"{key}: cannot read: {_file_problem(error)}") from None
+
+
+def _file_problem(error: OSError) -> str:
+    return f"it {error.strerror}" if isinstance(error, RefusedFile) else str(error.strerror or error)
 
 
 def _redact_url(url: str) -> str:

@@ -31,7 +31,7 @@ import requests
 
 from wgfailover.config import PrometheusSettings
 from wgfailover.errors import PrometheusError, PrometheusHTTPError, StateError
-from wgfailover.fsutil import atomic_write
+from wgfailover.fsutil import atomic_write, read_regular_file
 from wgfailover.prometheus import PrometheusClient, Sample, Series
 from wgfailover.prometheus import _redact_url as redact_url  # one redaction rule for every message
 
@@ -94,7 +94,7 @@ class FailedUrls:
         if self.path is None:
             return {}
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
+            data = json.loads(read_regular_file(self.path, 64 * 1024))
         except (OSError, ValueError):
             # Missing (no failure yet) or damaged: forgetting costs one slow attempt at most.
             return {}

@@ -13,11 +13,13 @@ import re
 from pathlib import Path
 
 from wgfailover.errors import ConfigError
+from wgfailover.fsutil import RefusedFile, read_regular_file
 
 # A server name becomes a file name under config_dir: a safe alphabet and no
 # leading dot rule out "..", hidden files and any path separator.
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 _MAX_NAME_LENGTH = 255
+MAX_WIREGUARD_CONFIG_BYTES = 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,12 +81,16 @@ def resolve_endpoint(server: Server) -> str:
     if server.endpoint:
         return server.endpoint
     try:
-        text = server.config_path.read_text(encoding="utf-8", errors="replace")
+        # A WireGuard config is a few hundred bytes; the bound keeps a wrong
+        # path (a device, a huge file) from being read into memory.
+        raw = read_regular_file(server.config_path, MAX_WIREGUARD_CONFIG_BYTES, follow_symlinks=True)
+        text = raw.decode("utf-8", errors="replace")
     except OSError as error:
+        why = f"it {error.strerror}" if isinstance(error, RefusedFile) else error.strerror
         raise ConfigError(
             server.config_path,
             f"cannot read the WireGuard config of server {server.name!r} to find its endpoint "
-            f"({error.strerror}); set servers.{server.name}.endpoint instead",
+            f"({why}); set servers.{server.name}.endpoint instead",
         ) from None
     host = parse_endpoint_host(text)
     if host is None:

@@ -29,13 +29,14 @@ import json
 import logging
 import math
 import os
+import stat
 import time
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
 from wgfailover.errors import LockBusyError, StateError
-from wgfailover.fsutil import atomic_write, remove_stale_temps
+from wgfailover.fsutil import RefusedFile, atomic_write, read_regular_file, remove_stale_temps
 from wgfailover.servers import is_safe_server_name
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,13 @@ MAX_REASON_LENGTH = 200
 
 # Enough for months of switches; older entries are dropped on the next write.
 MAX_HISTORY = 1000
+# Size bounds of what is read back: far above what we write (a history line
+# is a few hundred bytes with dozens of servers), far below what would cost
+# a oneshot noticeable memory or time. A longer history is read from its end.
+_MAX_CURRENT_BYTES = 4096
+_MAX_FAILURES_BYTES = 64
+_MAX_HISTORY_BYTES = 4 * 1024 * 1024
+_MAX_RECORD_BYTES = 64 * 1024
 _LOCK_POLL_SECONDS = 0.05
 
 
@@ -78,24 +86,38 @@ class SwitchRecord:
 
     @classmethod
     def from_json(cls, data: Any) -> SwitchRecord:
-        """Given a decoded history line, return the record. Raise ValueError if malformed."""
+        """
+        Given a decoded history line, return the record. Raise ValueError if
+        any field is missing, of another type or out of range: a record is
+        trusted whole or not at all.
+        """
         if not isinstance(data, dict):
             raise ValueError("not an object")
-        losses = data.get("losses") or {}
-        if not isinstance(losses, dict):
-            raise ValueError("losses is not an object")
+        seq = data.get("seq")
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+            raise ValueError("seq is not a whole number from 1")
         from_server = data.get("from")
-        when = float(data["time"])
-        if not math.isfinite(when):
-            # NaN would make every later comparison with the clock false.
-            raise ValueError("time is not a finite number")
+        if from_server is not None and not _is_server_name(from_server):
+            raise ValueError("from is not a server name")
+        to_server = data.get("to")
+        if not isinstance(to_server, str) or not is_safe_server_name(to_server):
+            raise ValueError("to is not a server name")
+        reason = data.get("reason", "")
+        if not isinstance(reason, str):
+            raise ValueError("reason is not a string")
+        losses = data.get("losses") or {}
+        if not isinstance(losses, dict) or not all(
+            isinstance(name, str) and (loss is None or _is_ratio(loss)) for name, loss in losses.items()
+        ):
+            raise ValueError("losses is not a map of names to ratios")
         return cls(
-            seq=int(data["seq"]),
-            time=when,
-            from_server=str(from_server) if from_server is not None else None,
-            to_server=str(data["to"]),
-            reason=str(data.get("reason", "")),
-            losses={str(k): (float(v) if v is not None else None) for k, v in losses.items()},
+            seq=seq,
+            # NaN or Infinity would make every later comparison with the clock false.
+            time=_timestamp(data.get("time")),
+            from_server=from_server,
+            to_server=to_server,
+            reason=reason,
+            losses={name: (float(loss) if loss is not None else None) for name, loss in losses.items()},
         )
 
 
@@ -127,6 +149,58 @@ class CurrentServer:
     first_boot: bool = False  # no state file at all: nothing is wrong
 
 
+def _is_number(value: object) -> bool:
+    # A JSON number; "nan" as a string, or true, is none.
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_ratio(value: object) -> bool:
+    return _is_number(value) and 0 <= value <= 1  # type: ignore[operator]
+
+
+def _is_server_name(value: object) -> bool:
+    return isinstance(value, str) and is_safe_server_name(value)
+
+
+def _timestamp(value: object) -> float:
+    """Given a decoded field, return it as unix seconds. Raise ValueError unless it is a finite number from 0."""
+    if not _is_number(value) or value < 0:  # type: ignore[operator]
+        raise ValueError("time is not a finite unix time")
+    return float(value)  # type: ignore[arg-type]
+
+
+def parse_check_record(data: Any) -> CheckRecord:
+    """
+    Given the decoded last-check.json, return the record. Raise ValueError
+    unless time is a finite unix time, loss absent, null or a ratio in
+    [0, 1], and span absent, null or a positive number of seconds. A NaN
+    loss would make the record unequal to itself, and the health check,
+    which compares it before and after measuring, would never count again.
+    """
+    if not isinstance(data, dict):
+        raise ValueError("not an object")
+    loss = data.get("loss")
+    if loss is not None and not _is_ratio(loss):
+        raise ValueError("loss is not a ratio between 0 and 1")
+    span = data.get("span")
+    if span is not None and not (_is_number(span) and span > 0):
+        raise ValueError("span is not a positive number of seconds")
+    local_fault = data.get("local_fault")
+    if local_fault is not None and not isinstance(local_fault, str):
+        raise ValueError("local_fault is not a string")
+    return CheckRecord(
+        time=_timestamp(data.get("time")),
+        loss=float(loss) if loss is not None else None,
+        span=float(span) if span is not None else None,
+        local_fault=local_fault,
+    )
+
+
+def _why(error: OSError) -> str:
+    """Given why a state file could not be read, return it as the rest of a sentence after its path."""
+    return str(error.strerror) if isinstance(error, RefusedFile) else f"cannot be read ({error.strerror})"
+
+
 def _finite_or_none(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
@@ -149,6 +223,14 @@ class StateDir:
     def __init__(self, path: Path, clock: Callable[[], float] = time.monotonic) -> None:
         self.path = Path(path)
         self._clock = clock
+        # A bad file is read several times per command; it is reported once.
+        self._reported: set[str] = set()
+
+    def _warn_once(self, message: str, *args: object) -> None:
+        text = message % args
+        if text not in self._reported:
+            self._reported.add(text)
+            log.warning("%s", text)
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -168,16 +250,24 @@ class StateDir:
         """
         self.ensure()
         lock_path = self.file(LOCK_FILE)
+        # Never through a symlink: root following a planted `lock` link would
+        # create (or lock) whatever file it names. O_NONBLOCK: a FIFO opens at once.
+        flags = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | flags, 0o644)
         except OSError as error:
             try:
                 # flock needs no write access: on a read-only state dir an
                 # existing lock file still serialises the readers, so
                 # wg-select can restore an unchanged state at boot.
-                fd = os.open(lock_path, os.O_RDONLY)
+                fd = os.open(lock_path, os.O_RDONLY | flags)
             except OSError:
+                if error.errno == errno.ELOOP:
+                    raise StateError(f"{lock_path} is a symlink, not a file; remove it") from None
                 raise StateError(f"cannot open lock file {lock_path}: {error.strerror}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise StateError(f"{lock_path} is not a regular file; remove it")
         try:
             deadline = self._clock() + timeout
             while True:
@@ -212,9 +302,7 @@ class StateDir:
         except FileNotFoundError:
             return CurrentServer(None, f"{path} does not exist (first boot)", first_boot=True)
         except OSError as error:
-            if error.errno == errno.ELOOP:
-                return CurrentServer(None, f"{path} is a symlink, not a file")
-            return CurrentServer(None, f"cannot read {path}: {error.strerror}")
+            return CurrentServer(None, f"{path} {_why(error)}")
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -235,11 +323,7 @@ class StateDir:
     def _read_current_bytes(self) -> bytes:
         # Never through a symlink: a planted link to /etc/shadow would
         # otherwise have its first line quoted in the log.
-        fd = os.open(self.file(CURRENT_FILE), os.O_RDONLY | os.O_NOFOLLOW)
-        try:
-            return os.read(fd, 4096)
-        finally:
-            os.close(fd)
+        return read_regular_file(self.file(CURRENT_FILE), _MAX_CURRENT_BYTES)
 
     def holds_current(self, name: str) -> bool:
         """Return whether ``current`` is a file holding exactly name and a newline."""
@@ -258,17 +342,20 @@ class StateDir:
         """Return the consecutive-failure count; 0 if missing or unreadable (logged)."""
         path = self.file(FAILURES_FILE)
         try:
-            text = path.read_text(encoding="utf-8").strip()
+            text = read_regular_file(path, _MAX_FAILURES_BYTES).decode("utf-8").strip()
         except FileNotFoundError:
             return 0
-        except (OSError, UnicodeDecodeError) as error:
-            log.warning("cannot read %s (%s); counting from 0", path, error)
+        except OSError as error:
+            self._warn_once("%s %s; counting from 0", path, _why(error))
+            return 0
+        except UnicodeDecodeError:
+            self._warn_once("%s is not text; counting from 0", path)
             return 0
         if not text:
             return 0
         # isdigit() alone takes "²", which int() refuses; a count never needs 19 digits.
         if not (text.isascii() and text.isdigit() and len(text) < 19):
-            log.warning("%s holds %r, not a count; counting from 0", path, text[:40])
+            self._warn_once("%s holds %r, not a count; counting from 0", path, text[:40])
             return 0
         return int(text)
 
@@ -278,15 +365,30 @@ class StateDir:
     # --- history ------------------------------------------------------------
 
     def read_history(self) -> list[SwitchRecord]:
-        """Return the recorded switches, oldest first; malformed lines are logged and skipped."""
+        """
+        Return the recorded switches, oldest first. Malformed lines are
+        skipped and counted in one warning; of a history larger than its
+        bound only the end is read; a history that is no regular file (a
+        FIFO, a symlink) is warned about and read as empty: the next switch
+        replaces it. Raise StateError if it cannot be read otherwise.
+        """
         path = self.file(HISTORY_FILE)
         try:
-            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+            raw = read_regular_file(path, _MAX_HISTORY_BYTES, tail=True)
         except FileNotFoundError:
+            return []
+        except RefusedFile as error:
+            self._warn_once("%s %s; ignored (the next switch replaces it)", path, error.strerror)
             return []
         except OSError as error:
             raise StateError(f"cannot read {path}: {error.strerror}") from None
+        lines = raw.decode("utf-8", errors="replace").splitlines()
+        if len(raw) == _MAX_HISTORY_BYTES and lines:
+            # Read from the middle of a longer file: the first line is cut.
+            self._warn_once("%s is larger than %d bytes; only its end is read", path, _MAX_HISTORY_BYTES)
+            lines = lines[1:]
         records = []
+        malformed = []
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
@@ -294,7 +396,14 @@ class StateDir:
                 records.append(SwitchRecord.from_json(json.loads(line)))
             # Overflow: a seq of Infinity; recursion: "[[[[..." past Python's limit.
             except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
-                log.warning("%s line %d is not a switch record; ignored (the next switch drops it)", path, number)
+                malformed.append(number)
+        if malformed:
+            # One line however many: 200,000 garbage lines must not become 200,000 log lines.
+            if len(malformed) == 1:
+                what = f"line {malformed[0]} is not a switch record"
+            else:
+                what = f"{len(malformed)} lines (first: line {malformed[0]}) are not switch records"
+            self._warn_once("%s: %s; ignored (the next switch drops them)", path, what)
         return records
 
     def last_switch(self) -> SwitchRecord | None:
@@ -311,6 +420,26 @@ class StateDir:
         losses: dict[str, float | None] | None = None,
     ) -> SwitchRecord:
         """Record a switch (call under the lock) and return the stored record, rounded as stored."""
+        record, content = self.history_with(
+            time=time, from_server=from_server, to_server=to_server, reason=reason, losses=losses
+        )
+        atomic_write(self.file(HISTORY_FILE), content)
+        return record
+
+    def history_with(
+        self,
+        *,
+        time: float,
+        from_server: str | None,
+        to_server: str,
+        reason: str,
+        losses: dict[str, float | None] | None = None,
+    ) -> tuple[SwitchRecord, bytes]:
+        """
+        Given a switch, return its record (rounded as stored) and the history
+        file's new content with it appended (call under the lock); nothing is
+        written.
+        """
         history = self.read_history()
         record = SwitchRecord(
             seq=(history[-1].seq + 1) if history else 1,
@@ -322,32 +451,28 @@ class StateDir:
         )
         history = [*history, record][-MAX_HISTORY:]
         body = "".join(json.dumps(item.to_json(), sort_keys=True) + "\n" for item in history)
-        atomic_write(self.file(HISTORY_FILE), body.encode())
-        return record
+        return record, body.encode()
 
     # --- last check ---------------------------------------------------------
 
     def read_last_check(self) -> CheckRecord | None:
+        """
+        Return the last check's record, or None if there is none or it is
+        not valid (logged once): every field is checked (parse_check_record),
+        so one bad value cannot stop health checking.
+        """
         path = self.file(LAST_CHECK_FILE)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            loss = data.get("loss")
-            span = data.get("span")
-            local_fault = data.get("local_fault")
-            record = CheckRecord(
-                time=float(data["time"]),
-                loss=float(loss) if loss is not None else None,
-                span=float(span) if span is not None else None,
-                local_fault=str(local_fault) if local_fault is not None else None,
-            )
-            if not math.isfinite(record.time):
-                raise ValueError("time is not a finite number")
-            return record
+            return parse_check_record(json.loads(read_regular_file(path, _MAX_RECORD_BYTES)))
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError):
-            log.warning("%s is unreadable; treating the next check as the first", path)
-            return None
+        except OSError as error:
+            self._warn_once("%s %s; treating the next check as the first", path, _why(error))
+        except (ValueError, OverflowError, RecursionError) as error:
+            # ValueError covers bad JSON, bad UTF-8 and bad fields alike.
+            detail = str(error) if not isinstance(error, (json.JSONDecodeError, UnicodeDecodeError)) else "is not JSON"
+            self._warn_once("%s is not a check record (%s); treating the next check as the first", path, detail)
+        return None
 
     def write_last_check(self, record: CheckRecord) -> None:
         data: dict[str, Any] = {"time": _round_time(record.time), "loss": _rounded(record.loss), "span": record.span}
@@ -361,7 +486,7 @@ class StateDir:
         """Return the all-servers-failed record, or None when there is none (or it is unreadable)."""
         path = self.file(ALL_FAILED_FILE)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_regular_file(path, _MAX_RECORD_BYTES))
             failed = data.get("failed") or {}
             stayed_on = data.get("stayed_on")
             record = AllFailedRecord(
@@ -430,7 +555,7 @@ class StateDir:
             log.warning("cannot take %s: %s", path, error.strerror)
             return None
         try:
-            text = claimed.read_bytes()[:4096].decode("utf-8", errors="replace")
+            text = read_regular_file(claimed, 4096).decode("utf-8", errors="replace")
         except OSError:
             text = ""
         finally:

@@ -1,9 +1,12 @@
 """Point the tunnel at a server: state, link, history, metrics, restart.
 
-Order matters for crash safety: the choice is recorded first, then the link
-swapped, then the history appended. A crash between any two steps leaves a
-state that names a configured server and a link to an existing config, and
-the next wg-select or wg-failover reconciles the rest.
+Every file a switch changes is first written in full beside its target and
+fsynced; only when all of them are on disk are they renamed into place, so
+a full disk fails the switch before anything changed. The renames keep the
+order that matters for crash safety: the choice is recorded first, then the
+link swapped, then the history appended. A crash between two renames
+leaves a state that names a configured server and a link to an existing
+config, and the next wg-select or wg-failover reconciles the rest.
 """
 
 from __future__ import annotations
@@ -14,9 +17,9 @@ import os
 from wgfailover.config import Config
 from wgfailover.errors import ActionError
 from wgfailover.external import run_command
-from wgfailover.fsutil import atomic_symlink, remove_stale_temps
+from wgfailover.fsutil import StagedChanges, remove_stale_temps
 from wgfailover.metrics import write_metrics
-from wgfailover.state import StateDir, SwitchRecord
+from wgfailover.state import CURRENT_FILE, FAILURES_FILE, HISTORY_FILE, StateDir, SwitchRecord
 
 log = logging.getLogger(__name__)
 
@@ -26,20 +29,28 @@ def point_link(config: Config, state: StateDir, name: str) -> None:
     Record name as current and point active_link at its config (call under
     the lock). What is already right is left alone, so restoring an
     unchanged state at boot writes nothing and works on a full or
-    read-only disk.
+    read-only disk. Raise StateError if it cannot be written; then nothing
+    was changed.
     """
+    with StagedChanges() as staged:
+        _stage_link(config, state, name, staged)
+        staged.commit()
+
+
+def _stage_link(config: Config, state: StateDir, name: str, staged: StagedChanges) -> None:
+    """Stage `current` naming name and the link to its config, each only if it differs."""
     server = config.server(name)
     if server is None:  # callers pass configured names; guard against path use anyway
         raise ActionError(f"{name!r} is not a configured server")
     if not state.holds_current(name):
-        state.write_current(name)
+        staged.write(state.file(CURRENT_FILE), f"{name}\n".encode())
     try:
         linked = os.readlink(config.active_link)
     except OSError:
         linked = None
     if linked != str(server.config_path):
         remove_stale_temps(config.active_link)
-        atomic_symlink(server.config_path, config.active_link)
+        staged.symlink(server.config_path, config.active_link)
 
 
 def switch_to(
@@ -55,14 +66,27 @@ def switch_to(
     """
     Switch the tunnel to to_server (call under the state lock): record it,
     swap the link, append the history, reset the health counter, rewrite the
-    metrics, then run restart_command. Return the history record. Raise
-    ActionError if the restart fails; the state is then already consistent
-    with the new server, so a later restart (systemd's Restart=) uses it.
+    metrics, then run restart_command. Return the history record.
+
+    Every file of the switch is written in full and fsynced first; only then
+    are they renamed into place. So a full disk (or any failed write) raises
+    StateError with nothing changed: never `current` and the link on the new
+    server while the history, and so the hold-down, lacks the switch and the
+    tunnel was not restarted. Raise ActionError if the restart fails; the
+    state is then already consistent with the new server, so a later restart
+    (systemd's Restart=) uses it.
     """
-    point_link(config, state, to_server)
-    record = state.append_history(time=now, from_server=from_server, to_server=to_server, reason=reason, losses=losses)
-    # Evidence gathered against the old server says nothing about the new one.
-    state.write_failures(0)
+    record, history = state.history_with(
+        time=now, from_server=from_server, to_server=to_server, reason=reason, losses=losses
+    )
+    with StagedChanges() as staged:
+        # Renamed in this order (see the module docstring for a crash between two).
+        _stage_link(config, state, to_server, staged)
+        staged.write(state.file(HISTORY_FILE), history)
+        # Evidence gathered against the old server says nothing about the new one.
+        staged.write(state.file(FAILURES_FILE), b"0\n")
+        staged.commit()
+    # After the commit, from the new state; a failure here is a warning only.
     write_metrics(config.textfile_dir, state, config.servers)
     # Debug: the command's own result line says it, once (one journal line per event).
     log.debug("switched from %s to %s (%s)", from_server or "none", to_server, reason)

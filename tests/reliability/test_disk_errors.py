@@ -196,3 +196,67 @@ def test_after_the_disk_is_freed_the_next_run_succeeds(install: Install, tmpfs: 
     assert result.returncode == 0, result.stderr
     assert install.read("current") == b"server1\n"
     assert check_state(install, chain=True) == []
+
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def leave_free(directory: Path, pages: int) -> None:
+    """Fill directory's filesystem, then free exactly this many pages (tmpfs counts whole pages)."""
+    fill(directory)
+    filler = directory / "filler"
+    allocated = -(-filler.stat().st_size // PAGE)
+    os.truncate(filler, max(0, allocated - pages) * PAGE)
+
+
+def restore(install: Install, snapshot: dict[str, object]) -> None:
+    """Put back the state files, link and metrics of a snapshot (taken by Install.snapshot)."""
+    for name, content in snapshot["state"].items():  # type: ignore[attr-defined]
+        path = install.state_dir / name
+        if content is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_bytes(content)
+    install.link.unlink(missing_ok=True)
+    install.link.symlink_to(snapshot["link"])  # type: ignore[arg-type]
+    install.textfile.write_bytes(snapshot["metrics"])  # type: ignore[arg-type]
+
+
+def test_a_switch_on_a_nearly_full_disk_leaves_the_whole_old_state_or_the_whole_new_one(
+    install: Install, tmpfs: Path, tmp_path: Path
+) -> None:
+    # The restart records itself outside the tmpfs, so it can always run.
+    restarts = tmp_path / "restarts"
+    text = install.config.read_text().replace(
+        'restart_command = ["true"]', f'restart_command = ["sh", "-c", "echo >> {restarts}"]'
+    )
+    install.config.write_text(text)
+    before = install.snapshot()
+    old_seq = install.history()[-1].seq
+    outcomes = []
+    # From no free page to enough for every file of the switch: each write
+    # of the sequence (current, link, history, counter, metrics) fails once.
+    for pages in range(8):
+        restore(install, before)
+        restarts.unlink(missing_ok=True)
+        leave_free(tmpfs, pages)
+        result = run("wg-failover", install, "--to", "server1")
+        (tmpfs / "filler").unlink()
+        ran = restarts.exists()
+        if result.returncode == 0:
+            outcomes.append("new")
+            assert install.read("current") == b"server1\n"
+            assert os.readlink(install.link) == str(install.config_dir / "server1")
+            last = install.history()[-1]
+            assert (last.seq, last.from_server, last.to_server) == (old_seq + 1, "server3", "server1")
+            assert install.read("health-failures") == b"0\n"
+            assert ran, "restart_command did not run"
+        else:
+            outcomes.append("old")
+            assert_one_line_error("wg-failover", result, "No space left on device")
+            snapshot = install.snapshot()
+            assert snapshot == before, f"{pages} free pages: {snapshot} != {before}"
+            assert not ran, "restart_command ran although the switch failed"
+        assert temp_files(install.state_dir) == [] and temp_files(tmpfs) == [], pages
+        assert check_state(install) == [], pages
+    assert outcomes[0] == "old" and outcomes[-1] == "new", outcomes

@@ -356,7 +356,7 @@ def test_the_message_names_the_file_and_counts_the_problems() -> None:
 def test_a_directory_given_as_config_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(tmp_path)
-    assert str(caught.value) == f"{tmp_path}: cannot read: Is a directory"
+    assert str(caught.value) == f"{tmp_path}: cannot read: it is a directory, not a regular file"
 
 
 def test_a_missing_file_says_how_to_point_at_another(tmp_path: Path) -> None:
