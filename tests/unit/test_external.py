@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from wgfailover.errors import ActionError, ExitCode, MeasurementError
-from wgfailover.external import run_command
+from wgfailover.external import MAX_OUTPUT_BYTES, run_command
 
 
 def test_a_failing_restart_is_reported_with_its_stderr() -> None:
@@ -49,3 +51,22 @@ def test_a_long_stderr_is_cut_to_its_end_on_one_line() -> None:
 
 def test_an_argument_is_never_interpreted_by_a_shell() -> None:
     assert run_command(["echo", "$(id) ; rm -rf /"], 10, "x") == "$(id) ; rm -rf /\n"
+
+
+def test_a_background_child_holding_the_pipes_does_not_make_a_finished_command_fail() -> None:
+    # The shell exits at once with 0; its child keeps stdout and stderr open for 20 s.
+    assert run_command(["sh", "-c", "echo started; sleep 20 & exit 0"], 5, "restarting the tunnel failed") == (
+        "started\n"
+    )
+
+
+def test_a_background_child_does_not_hide_a_failure() -> None:
+    with pytest.raises(ActionError, match=r"exited with 4: broken$"):
+        run_command(["sh", "-c", "sleep 20 & echo broken >&2; exit 4"], 5, "x")
+
+
+def test_endless_output_is_kept_as_a_bounded_tail() -> None:
+    script = "import sys; sys.stdout.buffer.write(b'x' * (40 * 1024 * 1024) + b'END')"
+    output = run_command([sys.executable, "-c", script], 60, "x")
+    assert len(output) == MAX_OUTPUT_BYTES
+    assert output.endswith("xEND")
