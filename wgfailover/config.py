@@ -13,14 +13,16 @@ import difflib
 import math
 import os
 import re
+import shutil
 import socket
+import stat
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from wgfailover.errors import ConfigError
 from wgfailover.fsutil import RefusedFile, read_regular_file
-from wgfailover.servers import Server, check_server_name
+from wgfailover.servers import Server, check_server_name, resolve_endpoint
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -73,6 +75,18 @@ _DURATION_UNITS = {
     "w": 7 * 86400,
     "y": 365 * 86400,
 }
+MAX_DURATION = 10 * 365 * 86400
+# A wait the command itself does (a restart, the lock, Prometheus): longer
+# than a day is a typo ("300y"), and the command would hang that long.
+MAX_TIMEOUT = 86400
+# PromQL label matchers, as inside {...}: name, operator, quoted string.
+_PROMQL_STRING = r"""(?:"(?:[^"\
+]|\.)*"|'(?:[^'\
+]|\.)*'|`[^`]*`)"""
+_MATCHER = rf"\s*[A-Za-z_][A-Za-z0-9_]*\s*(?:=~|!~|!=|=)\s*{_PROMQL_STRING}\s*"
+_MATCHER_LIST = re.compile(rf"{_MATCHER}(?:,{_MATCHER})*,?\s*")
+# What a header value may hold (RFC 9110 field-vchar, obs-text, space, tab).
+_HEADER_VALUE = re.compile(r"[!-~-ÿ]([ -~-ÿ	]*[!-~-ÿ])?")
 _PLACEHOLDER = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -118,6 +132,10 @@ def parse_duration(value: object) -> float:
         raise ValueError(f"{value!r} is not a finite duration")
     if seconds < 0:
         raise ValueError(f"{value!r} is negative; a duration must be 0 or more")
+    if seconds > MAX_DURATION:
+        # Far past any window or hold-down that means something, and before
+        # the bounds of the clock and of the thread waits that would crash at use.
+        raise ValueError(f"{value!r} is longer than {MAX_DURATION // (365 * 86400)} years")
     return seconds
 
 
@@ -339,6 +357,20 @@ def _argv(value: object) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _timeout(value: object) -> float:
+    seconds = _positive_duration(value)
+    if seconds > MAX_TIMEOUT:
+        raise ValueError(f"{value!r} is longer than a day; a command would wait that long")
+    return seconds
+
+
+def _label_matchers(value: object) -> str:
+    text = _nonempty_string(value)
+    if not _MATCHER_LIST.fullmatch(text):
+        raise ValueError(f'{text!r} is not a list of PromQL label matchers like \'job="vpn-prober", instance=~"a|b"\'')
+    return text
+
+
 def _positive_duration(value: object) -> float:
     seconds = parse_duration(value)
     if seconds <= 0:
@@ -491,6 +523,14 @@ def _headers(value: object) -> dict[str, str]:
             bad.append(f"{name!r} is not a valid HTTP header name")
         elif not isinstance(header_value, str) or "\n" in header_value or "\r" in header_value:
             bad.append(f"the value of header {name!r} must be a one-line string")
+        elif not _HEADER_VALUE.fullmatch(header_value):
+            # HTTP drops a value's outer blanks and cannot carry control
+            # characters or anything beyond Latin-1: requests would refuse
+            # to send it, quoting the value (perhaps a secret) in its error.
+            bad.append(
+                f"the value of header {name!r} cannot be sent: it must be non-empty Latin-1 text without "
+                "control characters or leading or trailing blanks"
+            )
     if bad:
         raise ValueError("; ".join(bad))  # every bad header at once, like every other key
     return dict(value)
@@ -590,8 +630,8 @@ def parse_config(document: dict[str, Any], path: Path) -> Config:
         "active_link": top("active_link", _absolute_path),
         "state_dir": top("state_dir", _absolute_path),
         "restart_command": top("restart_command", _argv),
-        "restart_timeout": top("restart_timeout", _positive_duration),
-        "lock_timeout": top("lock_timeout", _positive_duration),
+        "restart_timeout": top("restart_timeout", _timeout),
+        "lock_timeout": top("lock_timeout", _timeout),
         "textfile_dir": top("textfile_dir", _absolute_path),
     }
     servers = _parse_servers(document, config_dir, problems)
@@ -599,7 +639,7 @@ def parse_config(document: dict[str, Any], path: Path) -> Config:
     prom = _section_reader(document, "prometheus", PrometheusSettings(), problems)
     prometheus = PrometheusSettings(
         urls=prom("url", _urls) or (),
-        timeout=prom("timeout", _positive_duration),
+        timeout=prom("timeout", _timeout),
         ca_file=prom("ca_file", _absolute_path),
         insecure_skip_verify=prom("insecure_skip_verify", _boolean),
         bearer_token_file=prom("bearer_token_file", _absolute_path),
@@ -635,13 +675,13 @@ def parse_config(document: dict[str, Any], path: Path) -> Config:
         max_failures=health_key("max_failures", _positive_int),
         window=health_key("window", _positive_duration),
         min_window=health_key("min_window", _positive_duration),
-        selector=health_key("selector", _nonempty_string),
+        selector=health_key("selector", _label_matchers),
         query=health_key("query", _template({"window"}, {"selector", "window", "scope", "client"})),
         on_no_data=health_key("on_no_data", _choice("failure", "ignore")),
         failover_command=health_key("failover_command", _argv),
         interface=health_key("interface", _nonempty_string),
         netns=health_key("netns", _netns_name),
-        handshake_timeout=health_key("handshake_timeout", _positive_duration),
+        handshake_timeout=health_key("handshake_timeout", _timeout),
     )
     if health.min_window > health.window:
         problems.add("health.min_window", f"must not be longer than health.window ({health.window:g}s)")
@@ -669,6 +709,7 @@ def parse_config(document: dict[str, Any], path: Path) -> Config:
             "or it judges every client's tunnel probes together",
         )
 
+    _check_paths_apart(top_level, problems)
     if problems.items:
         raise ConfigError(path, problems.items)
     return Config(
@@ -711,6 +752,22 @@ def load_config(path: Path) -> Config:
     return parse_config(document, path)
 
 
+def _inside(path: Path, directory: Path) -> bool:
+    return path == directory or directory in path.parents
+
+
+def _check_paths_apart(top_level: dict[str, Any], problems: _Problems) -> None:
+    """Given the top-level settings, add a problem for each pair of paths that must not overlap."""
+    config_dir, state_dir, active_link = top_level["config_dir"], top_level["state_dir"], top_level["active_link"]
+    if _inside(active_link, config_dir):
+        # The first switch would replace a server's WireGuard file (its
+        # private key) with a symlink, or add a "server" of that name.
+        problems.add("active_link", f"must not be inside config_dir ({config_dir}); give it a directory of its own")
+    if _inside(state_dir, config_dir) or _inside(config_dir, state_dir):
+        # Our state files would read as servers' configs, or theirs as state.
+        problems.add("state_dir", f"must not be config_dir ({config_dir}) or inside it, nor contain it")
+
+
 def check_referenced_files(config: Config) -> tuple[list[str], list[str]]:
     """
     Given a valid config, return (errors, warnings) about the files it names:
@@ -728,4 +785,55 @@ def check_referenced_files(config: Config) -> tuple[list[str], list[str]]:
         for server in config.servers
         if not server.config_path.is_file()
     ]
+    if config.servers and len(warnings) == len(config.servers):
+        errors.append(f"config_dir: no server has a WireGuard config in {config.config_dir}")
+    for server in config.servers:
+        if server.config_path.is_file() and server.endpoint is None:
+            try:
+                resolve_endpoint(server)
+            except ConfigError as error:
+                errors.append(f"servers.{server.name}: {'; '.join(error.problems)}")
+    for key, directory in (("active_link", config.active_link.parent), ("textfile_dir", config.textfile_dir)):
+        if directory is not None and not directory.is_dir():
+            errors.append(f"{key}: the directory {directory} does not exist")
+    commands = (
+        ("restart_command", config.restart_command),
+        ("health.failover_command", config.health.failover_command),
+    )
+    for key, argv in commands:
+        if argv and shutil.which(argv[0]) is None:
+            errors.append(f"{key}: program not found: {argv[0]}")
+    errors += check_permissions(config)[0]
+    return errors, warnings
+
+
+# What --check-config cannot know without asking Prometheus and running commands.
+NOT_CHECKED_OFFLINE = (
+    "not checked: whether Prometheus answers, accepts the credentials and has the prober's series "
+    "(--check-config --online asks it), and whether restart_command and failover_command succeed"
+)
+
+
+def check_permissions(config: Config) -> tuple[list[str], list[str]]:
+    """
+    Given a config, return (errors, warnings) about who may change what it
+    trusts. Writable by other users (o+w) is an error: anyone on the host
+    could then plant a state file or replace a server's WireGuard config
+    (its endpoint and keys, so the tunnel's traffic). Writable by the group
+    is a warning: a group of administrators is a deliberate choice. What
+    does not exist yet is not checked.
+    """
+    errors: list[str] = []
+    warnings: list[str] = []
+    targets = [("state_dir", config.state_dir), ("config_dir", config.config_dir)]
+    targets += [(f"servers.{server.name}", server.config_path) for server in config.servers]
+    for key, path in targets:
+        try:
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+        except OSError:
+            continue
+        if mode & 0o002:
+            errors.append(f"{key}: {path} is writable by other users (mode {mode:04o}); chmod o-w it")
+        elif mode & 0o020:
+            warnings.append(f"{key}: {path} is writable by its group (mode {mode:04o})")
     return errors, warnings

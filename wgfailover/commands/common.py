@@ -17,7 +17,15 @@ import click
 from click.shell_completion import CompletionItem
 
 from wgfailover import __version__
-from wgfailover.config import CONFIG_ENV_VAR, DEFAULT_CONFIG_PATH, Config, check_referenced_files, load_config
+from wgfailover.config import (
+    CONFIG_ENV_VAR,
+    DEFAULT_CONFIG_PATH,
+    NOT_CHECKED_OFFLINE,
+    Config,
+    check_permissions,
+    check_referenced_files,
+    load_config,
+)
 from wgfailover.errors import ConfigError, ExitCode, WgFailoverError
 from wgfailover.logs import logging_to_stderr, stdout_is_journal
 
@@ -246,6 +254,14 @@ def load_or_check(config_path: Path, check_config: bool, as_json: bool = False) 
         raise click.UsageError("--offline and --online exclude each other")
     config = load_config(config_path)
     log_paths(config)
+    if not check_config:
+        # Every run, not only --check-config: a state or config directory
+        # anyone may write to is refused before anything is read from it.
+        refused, doubtful = check_permissions(config)
+        for warning in doubtful:
+            log.warning("%s", warning)
+        if refused:
+            raise ConfigError(config.path, refused)
     if check_config:
         errors, warnings = ([], []) if offline else check_referenced_files(config)
         notes: list[str] = []
@@ -276,9 +292,14 @@ def load_or_check(config_path: Path, check_config: bool, as_json: bool = False) 
             )
         else:
             if not errors:
-                click.echo(describe_config(config) + (" (offline: files it names not checked)" if offline else ""))
+                suffix = " (offline: files it names not checked)" if offline else ""
+                if not online:
+                    # Say what a valid offline check did not prove.
+                    suffix += f"; {NOT_CHECKED_OFFLINE}"
+                click.echo(describe_config(config) + suffix)
             for note in notes:
                 click.echo(f"ok: {note}")
+
         sys.exit(code)
     return config
 

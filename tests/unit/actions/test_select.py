@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from wgfailover.actions.select import select_server
 from wgfailover.commands.wg_select import main
-from wgfailover.config import load_config
+from wgfailover.config import NOT_CHECKED_OFFLINE, load_config
 from wgfailover.errors import ActionError
 
 
@@ -153,7 +153,7 @@ def test_check_config_validates_without_acting(make_config_file: Callable[..., P
     path = make_config_file()
     result = CliRunner().invoke(main, ["--config", str(path), "--check-config"])
     assert result.exit_code == 0
-    assert result.stdout == f"{path}: valid; 3 servers (server1, server2, server3)\n"
+    assert result.stdout == f"{path}: valid; 3 servers (server1, server2, server3); {NOT_CHECKED_OFFLINE}\n"
     assert not load_config(path).active_link.exists()
 
 
@@ -185,7 +185,8 @@ def test_check_config_offline_skips_the_files_the_config_names(
     result = CliRunner().invoke(main, ["--config", str(path), "--check-config", "--offline"])
     assert (result.exit_code, result.stderr) == (0, "")
     assert result.stdout == (
-        f"{path}: valid; 3 servers (server1, server2, server3) (offline: files it names not checked)\n"
+        f"{path}: valid; 3 servers (server1, server2, server3) (offline: files it names not checked); "
+        f"{NOT_CHECKED_OFFLINE}\n"
     )
 
 
