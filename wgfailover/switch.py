@@ -19,9 +19,32 @@ from wgfailover.errors import ActionError
 from wgfailover.external import run_command
 from wgfailover.fsutil import StagedChanges, remove_stale_temps
 from wgfailover.metrics import write_metrics
-from wgfailover.state import CURRENT_FILE, FAILURES_FILE, HISTORY_FILE, StateDir, SwitchRecord
+from wgfailover.state import CURRENT_FILE, FAILURES_FILE, HISTORY_FILE, CurrentServer, StateDir, SwitchRecord
 
 log = logging.getLogger(__name__)
+
+
+def recorded_server(config: Config, state: StateDir) -> CurrentServer:
+    """
+    Given the config and the state directory, return the current server:
+    the one `current` names if it is usable. When `current` exists but is
+    unusable (garbage, a FIFO, an unknown name), return the configured
+    server active_link points at, if any, logged: that is the server the
+    tunnel runs on. Treating it as "none" would make it a candidate of its
+    own failover, and "switch from none to" the very server already in use.
+    """
+    current = state.read_current(config.server_names)
+    if current.name is not None or current.first_boot:
+        return current
+    try:
+        target = os.readlink(config.active_link)
+    except OSError:
+        return current
+    linked = next((server.name for server in config.servers if str(server.config_path) == target), None)
+    if linked is None:
+        return current
+    log.warning("%s; %s points at %s, so that is the current server", current.problem, config.active_link, linked)
+    return CurrentServer(linked, problem=current.problem)
 
 
 def point_link(config: Config, state: StateDir, name: str) -> None:

@@ -15,12 +15,12 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.reliability.helpers import FakePrometheus, Install, check_state, run, serve, write_install
+from tests.reliability.helpers import SERVERS, FakePrometheus, Install, check_state, run, serve, write_install
 
 # A command stuck on a FIFO would wait for a writer forever; this is far
 # beyond a normal run and still short for a test.
@@ -78,6 +78,63 @@ def test_a_bad_field_in_the_last_check_is_logged_once_and_does_not_switch_health
     assert "last-check.json" not in second.stderr
     assert install.read("health-failures") == b"2\n"
     assert check_state(install) == []
+
+
+def test_a_switch_recorded_in_the_future_does_not_bypass_the_too_soon_rule(tmp_path: Path) -> None:
+    for fake in serve(FakePrometheus(loss=0.9)):
+        install = write_install(
+            tmp_path, prometheus_url=fake.url, extra='[health]\nmax_failures = 3\nmin_window = "30s"\n'
+        )
+        assert run("wg-select", install).returncode == 0
+        assert run("wg-failover", install, "--to", others(install)[0]).returncode == 0
+        age_history(install, -3600)  # the clock was stepped back an hour since the switch
+        results = [run("wg-health-check", install) for _ in range(3)]
+        assert all(result.returncode == 0 for result in results), [result.stderr for result in results]
+        assert "count failure 1 of 3" in results[0].stdout, results[0].stdout + results[0].stderr
+        for later in results[1:]:
+            assert "too soon after the last check" in later.stdout, later.stdout
+        assert install.read("health-failures") == b"1\n"
+        assert len(install.history()) == 1  # no failover
+
+
+def loss_by_host(losses: dict[str, float]) -> Callable[[str], tuple[int, dict[str, str], bytes]]:
+    """An answer to the failover query: each endpoint's loss, tagged as the query tags it."""
+    result = [
+        {"metric": {"host": SERVERS[name], "wgf_metric": "loss"}, "value": [0, str(loss)]}
+        for name, loss in losses.items()
+    ]
+    body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": result}}).encode()
+    return lambda query: (200, {"Content-Type": "application/json"}, body)
+
+
+def test_garbage_current_with_a_valid_link_is_the_linked_server_for_wg_failover(tmp_path: Path) -> None:
+    # server2, the server the link points at, has the least loss: taken for
+    # "none", it would be the best candidate of its own failover.
+    fake = FakePrometheus(answer=loss_by_host({"server1": 0.5, "server2": 0.0, "server3": 0.4, "server4": 0.5}))
+    for server in serve(fake):
+        install = write_install(tmp_path, prometheus_url=server.url)
+        assert run("wg-select", install).returncode == 0
+        assert run("wg-failover", install, "--to", "server2").returncode in (0, 3)  # 3: already on it
+        (install.state_dir / "current").write_bytes(b"\x00garbage\n")
+        result = run("wg-failover", install)
+        assert result.returncode == 0, result.stderr
+        assert f"{install.link} points at server2, so that is the current server" in result.stderr
+        last = install.history()[-1]
+        assert (last.from_server, last.to_server) == ("server2", "server3")
+        assert install.read("current") == b"server3\n"
+
+
+def test_garbage_current_with_a_valid_link_is_restored_by_wg_select(tmp_path: Path) -> None:
+    install = write_install(tmp_path)
+    assert run("wg-select", install).returncode == 0
+    target = others(install)[0]
+    assert run("wg-failover", install, "--to", target).returncode == 0
+    for _ in range(8):  # a random pick would miss the linked server at least once
+        (install.state_dir / "current").write_text("no-such-server\n")
+        result = run("wg-select", install)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == f"{target}\n"
+        assert install.read("current") == f"{target}\n".encode()
 
 
 # --- files that are not regular files ----------------------------------------------

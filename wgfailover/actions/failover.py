@@ -26,7 +26,7 @@ from wgfailover.policy.probation import ProbationVerdict, describe_all_failed, n
 from wgfailover.policy.ranking import RankedServer, better_than_chosen, first_choice, rank_servers
 from wgfailover.servers import Server
 from wgfailover.state import AllFailedRecord, StateDir, SwitchRecord
-from wgfailover.switch import switch_to
+from wgfailover.switch import recorded_server, switch_to
 
 log = logging.getLogger(__name__)
 
@@ -298,7 +298,7 @@ def _decide(
     Given the state as it is now, return the decision (nothing is written).
     Raise LocalFaultError if every server is lossy, unless dry_run or force.
     """
-    current = state.read_current(config.server_names)
+    current = recorded_server(config, state)
     if current.name is None and not current.first_boot:
         log.warning("%s; every server is a candidate", current.problem)
     unusable = {

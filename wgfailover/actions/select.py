@@ -19,7 +19,7 @@ from wgfailover.errors import ActionError
 from wgfailover.metrics import write_metrics
 from wgfailover.policy.ranking import most_preferred
 from wgfailover.state import StateDir
-from wgfailover.switch import point_link
+from wgfailover.switch import point_link, recorded_server
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def select_server(
     rng = rng or random.SystemRandom()
     state = StateDir(config.state_dir)
     with state.locked(config.lock_timeout):
-        recorded = state.read_current(config.server_names)
+        recorded = recorded_server(config, state)
         usable = [s.name for s in config.servers if s.config_path.is_file()]
         # The most preferred tier: at boot nothing is measured, and a
         # failback would otherwise have to bring the tunnel home later.

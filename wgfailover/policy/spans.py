@@ -44,20 +44,20 @@ def plan_span(
     enough new data, and judging older data again would count it twice.
     """
     since_switch: float | None = None
+    warning: str | None = None
     if last_switch is not None:
         since_switch = now - last_switch.time
         if since_switch < 0:
             # The clock was stepped back since the switch. Waiting for it to
             # catch up could stop health checks for hours; judging the
-            # shortest span risks little.
+            # shortest span risks little. Every other rule still holds: a
+            # check too soon after the previous one waits, or three quick
+            # runs would count one bad minute three times.
             warning = (
                 f"the last switch is recorded {-since_switch:.0f}s in the future (was the clock changed?); "
-                f"judging {format_duration(health.min_window)}"
+                f"judging at most {format_duration(health.min_window)}"
             )
-            seconds = float(max(1, round(health.min_window)))
-            return Span(
-                seconds=seconds, reason="last switch recorded in the future: health.min_window", warning=warning
-            )
+            since_switch = None
         elif since_switch < health.min_window:
             needed = format_duration(health.min_window)
             return Span(
@@ -80,6 +80,7 @@ def plan_span(
                 reason=f"too soon after the last check: {elapsed:.0f}s of new data, {needed} needed",
                 waiting=True,
                 since_switch=since_switch,
+                warning=warning,
             )
         if elapsed < 0:
             # The clock was stepped back since the last check: judge the
@@ -89,8 +90,11 @@ def plan_span(
             seconds, reason = health.window, f"last check {elapsed:.0f}s ago: cut to health.window"
         else:
             seconds, reason = elapsed, "since the last check"
+    if warning is not None and seconds > health.min_window:
+        # Where the switch really was is unknown: judge no more than the shortest span.
+        seconds, reason = health.min_window, "last switch recorded in the future: health.min_window"
     seconds = float(max(1, round(seconds)))
     if since_switch is not None and since_switch < seconds:
         # Rounded down, so the range never includes a second before the switch.
         seconds, reason = float(max(1, math.floor(since_switch))), "since the last switch"
-    return Span(seconds=seconds, reason=reason, since_switch=since_switch)
+    return Span(seconds=seconds, reason=reason, since_switch=since_switch, warning=warning)

@@ -52,4 +52,26 @@ def test_the_span_is_the_time_since_the_last_check_clipped_and_cut_at_the_switch
 def test_a_switch_recorded_in_the_future_judges_min_window_with_a_warning() -> None:
     span = plan_span(HEALTH, NOW, None, switch_record(-3600))
     assert (span.seconds, span.waiting) == (30, False)
-    assert span.warning == "the last switch is recorded 3600s in the future (was the clock changed?); judging 30s"
+    assert span.warning == (
+        "the last switch is recorded 3600s in the future (was the clock changed?); judging at most 30s"
+    )
+
+
+@pytest.mark.parametrize(
+    ("last_check_ago", "seconds", "waiting", "reason"),
+    [
+        # The too-soon rule holds: three quick runs must not count one minute three times.
+        (0, 0, True, "too soon after the last check: 0s of new data, 30s needed"),
+        (5, 5, True, "too soon after the last check: 5s of new data, 30s needed"),
+        (45, 30, False, "last switch recorded in the future: health.min_window"),
+        (-20, 30, False, "last check recorded in the future: health.min_window"),
+        (None, 30, False, "last switch recorded in the future: health.min_window"),
+    ],
+)
+def test_a_switch_recorded_in_the_future_keeps_every_other_rule(
+    last_check_ago: float | None, seconds: float, waiting: bool, reason: str
+) -> None:
+    last_check = check_record(last_check_ago) if last_check_ago is not None else None
+    span = plan_span(HEALTH, NOW, last_check, switch_record(-3600))
+    assert (span.seconds, span.waiting, span.reason) == (seconds, waiting, reason)
+    assert span.warning is not None and "in the future" in span.warning
