@@ -17,13 +17,15 @@ hold a password.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import hashlib
 import json
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -138,7 +140,15 @@ class PrometheusPool:
         self._clock = clock
         self._wall_clock = wall_clock
         self._session = session
-        self._deadline = clock() + float(settings.timeout)
+        shared = _SHARED_DEADLINE.get()
+        if shared is None:
+            self._deadline = clock() + float(settings.timeout)
+        else:
+            # Inside one_budget(): the first pool of the command starts the
+            # budget, every later one spends what is left of it.
+            if not shared:
+                shared.append(clock() + float(settings.timeout))
+            self._deadline = shared[0]
         self._answered: str | None = None  # the URL that answered last; asked first next time
         self.answered_url: str | None = None  # redacted, for logs and reports
 
@@ -210,6 +220,39 @@ class PrometheusPool:
             return ask(client)
 
 
+# The deadline every pool of one command shares (see one_budget); a list so
+# the first pool can start it. None: each pool has a budget of its own.
+_SHARED_DEADLINE: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar(
+    "wgfailover_prometheus_deadline", default=None
+)
+
+
+@contextlib.contextmanager
+def one_budget() -> Iterator[None]:
+    """
+    Within the block, every PrometheusPool opened shares one time budget of
+    prometheus.timeout, started by the first: a command that asks Prometheus
+    several times (wg-health-check measuring the tunnel, then failing over
+    in-process and ranking the servers) waits for it no longer in all than
+    prometheus.timeout, as documented, instead of once per question.
+    """
+    token = _SHARED_DEADLINE.set([])
+    try:
+        yield
+    finally:
+        _SHARED_DEADLINE.reset(token)
+
+
+@contextlib.contextmanager
+def own_budget() -> Iterator[None]:
+    """Within the block, pools have budgets of their own (a probation, which waits for new data by design)."""
+    token = _SHARED_DEADLINE.set(None)
+    try:
+        yield
+    finally:
+        _SHARED_DEADLINE.reset(token)
+
+
 def open_prometheus(
     settings: PrometheusSettings,
     state_dir: Path,
@@ -221,7 +264,8 @@ def open_prometheus(
 ) -> PrometheusPool:
     """
     Given the Prometheus settings and the state directory, return the pool a
-    command queries through; its budget starts now. With remember False (a
+    command queries through; its budget starts now (inside one_budget(), the
+    command's budget is shared, started by its first pool). With remember False (a
     dry run), failed URLs are read from the memory but not written to it.
     """
     memory_path = state_dir / FAILED_URLS_FILE if len(settings.urls) > 1 else None

@@ -38,6 +38,7 @@ from wgfailover.policy.health import (
 )
 from wgfailover.policy.local_fault import LocalFault, local_fault_of
 from wgfailover.policy.spans import Span, plan_span
+from wgfailover.prometheus_pool import one_budget
 from wgfailover.state import CheckRecord, StateDir, SwitchRecord
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,22 @@ class HealthResult:
 
 
 def check_health(
+    config: Config,
+    *,
+    dry_run: bool = False,
+    wall_clock: Callable[[], float] = time.time,
+    rng: random.Random | None = None,
+) -> HealthResult:
+    """
+    Run one health check (see _check_health) within one Prometheus time
+    budget: the measurement, the local-fault and failback questions and an
+    in-process failover's ranking share prometheus.timeout.
+    """
+    with one_budget():
+        return _check_health(config, dry_run=dry_run, wall_clock=wall_clock, rng=rng)
+
+
+def _check_health(
     config: Config,
     *,
     dry_run: bool = False,

@@ -26,7 +26,7 @@ from wgfailover.policy.probation import (
     judge_probation,
     probation_rules,
 )
-from wgfailover.prometheus_pool import open_prometheus
+from wgfailover.prometheus_pool import open_prometheus, own_budget
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,10 @@ def _read(
     if span < rules.min_window:
         return ProbationReading(elapsed=elapsed)
     try:
-        client = open_prometheus(config.prometheus, config.state_dir, remember=True, wall_clock=lambda: now)
+        # Its own budget even within a health check's: a probation waits for
+        # the new server's data by design, after the decision's queries.
+        with own_budget():
+            client = open_prometheus(config.prometheus, config.state_dir, remember=True, wall_clock=lambda: now)
         tunnel = measure_tunnel_loss(client, health, span, config.fleet)
     except (PrometheusError, ConfigError) as error:
         return ProbationReading(elapsed=elapsed, span=span, error=str(error))
