@@ -119,16 +119,22 @@ def test_the_outage_is_one_failover_listed_with_a_summary(
     assert lines[7].startswith("note: after a replayed failover the recorded tunnel data is what it was")
 
 
-def test_failovers_and_failbacks_are_listed_apart(tmp_path: Path, requests_mock: requests_mock_module.Mocker) -> None:
+def write_failback_install(tmp_path: Path, extra: str = "") -> Path:
+    """Write an install on server1 (priority 1, the others 2) with a 5m failback and hold-down; return its config."""
     write_wireguard_configs(tmp_path / "secrets", DEFAULT_ENDPOINTS)
     path = tmp_path / "config.toml"
     path.write_text(
         f'config_dir = "{tmp_path / "secrets"}"\nstate_dir = "{tmp_path / "state"}"\n'
         f"[servers.server1]\npriority = 1\n[servers.server2]\npriority = 2\n[servers.server3]\npriority = 2\n"
-        f'[prometheus]\nurl = "{URL}"\n[failover]\nfailback_after = "5m"\nhold_down = "5m"\n'
+        f'[prometheus]\nurl = "{URL}"\n[failover]\nfailback_after = "5m"\nhold_down = "5m"\n{extra}'
     )
     (tmp_path / "state").mkdir()
     (tmp_path / "state" / "current").write_text("server1\n")
+    return path
+
+
+def test_failovers_and_failbacks_are_listed_apart(tmp_path: Path, requests_mock: requests_mock_module.Mocker) -> None:
+    path = write_failback_install(tmp_path)
     fake = FakePrometheus(requests_mock)
     result = backtest(path, "1h")
     assert result.exit_code == 0, result.output
@@ -157,16 +163,7 @@ def test_failovers_and_failbacks_are_listed_apart(tmp_path: Path, requests_mock:
 
 
 def test_a_fleet_client_replays_its_own_probes_only(tmp_path: Path, requests_mock: requests_mock_module.Mocker) -> None:
-    write_wireguard_configs(tmp_path / "secrets", DEFAULT_ENDPOINTS)
-    path = tmp_path / "config.toml"
-    path.write_text(
-        f'config_dir = "{tmp_path / "secrets"}"\nstate_dir = "{tmp_path / "state"}"\n'
-        f"[servers.server1]\npriority = 1\n[servers.server2]\npriority = 2\n[servers.server3]\npriority = 2\n"
-        f'[prometheus]\nurl = "{URL}"\n[failover]\nfailback_after = "5m"\nhold_down = "5m"\n'
-        '[fleet]\nclient = "laptop-17"\nclient_label = "wg_client"\n'
-    )
-    (tmp_path / "state").mkdir()
-    (tmp_path / "state" / "current").write_text("server1\n")
+    path = write_failback_install(tmp_path, '[fleet]\nclient = "laptop-17"\nclient_label = "wg_client"\n')
     fake = FakePrometheus(requests_mock)
     result = backtest(path, "1h")
     assert result.exit_code == 0, result.output
