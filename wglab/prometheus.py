@@ -478,3 +478,46 @@ def serve_exposition(render: Callable[[], bytes]) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+class PrometheusAgent(PrometheusServer):
+    """A real `prometheus` in agent mode: scrapes, keeps only a WAL, and
+    remote-writes everything to remote_write_url with external_labels added,
+    as each host of a fleet ships its probes to a central backend.
+
+    with PrometheusAgent([("smokeping", [exporter])], "http://127.0.0.1:8428/api/v1/write",
+                         external_labels={"wg_client": "laptop-17"}) as agent:
+        ...
+    """
+
+    kind = "prometheus-agent"
+
+    def __init__(
+        self,
+        scrape_jobs: ScrapeJobs,
+        remote_write_url: str,
+        external_labels: dict[str, str] | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(scrape_jobs, **options)
+        self.remote_write_url = remote_write_url
+        self.external_labels = dict(external_labels or {})
+
+    def write_config(self) -> None:
+        """Given the scrape jobs, the remote and the labels, (re)write the agent's config file."""
+        config = scrape_config(self.scrape_jobs, self.scrape_interval)
+        config["global"]["external_labels"] = self.external_labels
+        # Sent within a second, so a test sees the data soon after a scrape.
+        config["remote_write"] = [{"url": self.remote_write_url, "queue_config": {"batch_send_deadline": "1s"}}]
+        self.config_path.write_text(json.dumps(config, indent=2))
+
+    def argv(self, config: Path, storage: Path, listen: str) -> list[str]:
+        """Given config path, storage dir and listen address, return argv (agent mode: no TSDB flags)."""
+        return [
+            self.binary,
+            "--enable-feature=agent",
+            f"--config.file={config}",
+            f"--storage.agent.path={storage}",
+            f"--web.listen-address={listen}",
+            "--log.level=warn",
+        ]
