@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install the Debian packages behind the real parts of the test suite and the
 # lab: Prometheus, the smokeping prober, VictoriaMetrics, userspace WireGuard,
-# nftables for packet loss, nix-instantiate for the module, systemd-analyze;
+# nftables for packet loss, nix-instantiate for the module, systemd-analyze,
+# systemd-nspawn (systemd-container) to boot the units under a real systemd,
+# with the tool installed for Debian's python3 (its click, requests, venv);
 # curl, jq, bc and gawk run the original scripts beside ours in benchmarks,
 # hyperfine times them.
 # Idempotent: asks apt only for what is missing. Without root it only warns,
@@ -11,7 +13,8 @@ set -euo pipefail
 packages=(
   prometheus prometheus-smokeping-prober victoria-metrics
   wireguard-go wireguard-tools nftables iproute2 iputils-ping
-  nix-bin systemd curl jq bc gawk hyperfine
+  nix-bin systemd systemd-container curl jq bc gawk hyperfine
+  python3-venv python3-click python3-requests python3-setuptools python3-wheel
 )
 
 missing=()

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wglab.netns import delete_netns, list_netns
-from wglab.processes import kill_pid, pid_alive
+from wglab.processes import kill_pid, pid_alive, run
 from wglab.wireguard import WG_SOCKET_DIR
 
 REGISTRY_DIR = Path("/run/wglab")
@@ -116,6 +116,18 @@ def lab_pids(lab_id: str, workdir: Path | None) -> list[int]:
     return found
 
 
+def mounts_under(directory: Path) -> list[Path]:
+    """Given a directory, return the mount points at or below it, deepest
+    first (the order to unmount them in)."""
+    found = []
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        # Spaces in mount points are written as \040.
+        target = Path(line.split()[1].replace("\\040", " "))
+        if target == directory or directory in target.parents:
+            found.append(target)
+    return sorted(found, key=lambda path: len(path.parts), reverse=True)
+
+
 def cleanup_lab(record: LabRecord, dry_run: bool = False) -> list[str]:
     """Given a lab record, remove everything of that lab and return a list
     of what was (or, with dry_run, would be) removed."""
@@ -137,8 +149,14 @@ def cleanup_lab(record: LabRecord, dry_run: bool = False) -> list[str]:
             if not dry_run:
                 sock.unlink(missing_ok=True)
     if record.workdir is not None and record.workdir.exists():
+        # A container's overlay of `/` may still be mounted in the work dir:
+        # removing the tree through it would walk the whole file system.
+        for mountpoint in mounts_under(record.workdir):
+            done.append(f"mount {mountpoint}")
+            if not dry_run and run(["umount", str(mountpoint)], check=False).returncode != 0:
+                run(["umount", "--lazy", str(mountpoint)], check=False)
         done.append(f"workdir {record.workdir}")
-        if not dry_run:
+        if not dry_run and not mounts_under(record.workdir):
             shutil.rmtree(record.workdir, ignore_errors=True)
     reg = REGISTRY_DIR / f"{record.lab_id}.json"
     if reg.exists():

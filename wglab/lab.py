@@ -345,6 +345,15 @@ class Lab:
         self.point_link(server)
         self.restart()
 
+    def stop_client(self) -> None:
+        """Given a lab, stop its own client tunnel and leave the VPN namespace
+        without one, for another client to take over (a container booted in
+        that namespace running the units under systemd). Its probers keep
+        measuring whichever tunnel comes up there."""
+        pidfile = self.workdir / f"{self.client_iface}.pid"
+        wireguard.stop_interface(self.vpn_ns, self.client_iface, wireguard.read_pidfile(pidfile))
+        pidfile.unlink(missing_ok=True)
+
     def active_server(self) -> str | None:
         """Given a lab, return the server the client's WireGuard peer
         endpoint points at now (None when the tunnel interface is down)."""
