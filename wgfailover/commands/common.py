@@ -60,7 +60,7 @@ EXIT_CODES: dict[str, dict[int, str]] = {
         2: "usage",
         3: "the failover it started declined: a local fault",
         4: "all servers failed their probation",
-        69: "could not measure (Prometheus unreachable)",
+        69: "could not measure (Prometheus unreachable, or no history for --backtest)",
         75: "state lock busy",
         78: "bad configuration",
         130: "interrupted",
