@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import math
 import os
 import shutil
 import signal
@@ -92,6 +93,7 @@ def settings_from(user: Config) -> dict[str, Any]:
             "hold_down": user.failover.hold_down,
             "on_prometheus_error": user.failover.on_prometheus_error,
             "tie_epsilon": user.failover.tie_epsilon,
+            "failback_after": user.failover.failback_after,  # None: dropped from the TOML
         },
         "health": {
             "threshold": user.health.threshold,
@@ -950,6 +952,263 @@ def all_down(runner: Runner, checks_after: int = 5) -> Outcome:
     return outcome
 
 
+# ------------------------------------------------- preferred servers, failback
+
+# The lab's failback_after unless the config sets one: at least four
+# min_window slices, short enough that a scenario takes about a minute.
+LAB_FAILBACK_SLICES = 4
+LAB_FAILBACK_AFTER = 20.0
+# Injected loss of a preferred server that flaps: far above any threshold
+# the lab uses, yet not an outage.
+FLAP_LOSS = 50.0
+
+
+def preferred_runner(
+    runner: Runner,
+    suffix: str,
+    *,
+    failback: bool = True,
+    hold_down: float | None = None,
+    probation: float | None = None,
+) -> Runner:
+    """
+    Given a runner, return one on the same lab and state directory whose
+    config puts the first server in tier 1 and the others in tier 2. With
+    failback, failback_after is the config's, else the lab's
+    (LAB_FAILBACK_AFTER, at least LAB_FAILBACK_SLICES x min_window) with
+    hold_down no longer than it; without, failback is off. hold_down and
+    probation, if given, replace the config's.
+    """
+    names = runner.config.server_names
+    failover: dict[str, Any] = {}
+    if not failback:
+        failover["failback_after"] = None
+    elif runner.config.failover.failback_after is None:
+        after = max(LAB_FAILBACK_AFTER, LAB_FAILBACK_SLICES * runner.config.health.min_window)
+        failover["failback_after"] = after
+        failover["hold_down"] = min(runner.config.failover.hold_down, after)
+    if hold_down is not None:
+        failover["hold_down"] = hold_down
+    if probation is not None:
+        failover["probation"] = probation
+    path = runner.variant_config(
+        suffix,
+        servers={name: {"priority": 1 if name == names[0] else 2} for name in names},
+        failover=failover,
+    )
+    other = Runner(runner.lab, path, say=runner.say, interval=runner.interval)
+    other.checks_run = runner.checks_run
+    return other
+
+
+def go_to(runner: Runner, server: str) -> None:
+    """Given a server, switch to it by hand (wg-failover --to) unless the
+    tunnel is already there, and wait for traffic through it."""
+    if runner.current() != server:
+        run = runner.command("wg-failover", "--to", server)
+        if run.exit_code != 0:
+            raise ScenarioError(f"wg-failover --to {server} failed (exit {run.exit_code}): {run.summary}")
+        runner.say(f"wg-failover --to {server}: {run.summary}")
+    runner.sync_tunnel()
+    runner.wait_for_traffic(server)
+
+
+def _switches_after(runner: Runner, record: SwitchRecord) -> list[SwitchRecord]:
+    return [r for r in runner.state.read_history() if r.seq > record.seq]
+
+
+def _fail_over_from(runner: Runner, outcome: Outcome, server: str) -> SwitchRecord | None:
+    """Given a server the tunnel is on, black it out until a health check
+    fails over (at most max_failures + 1 checks); return the switch."""
+    runner.say(f"--- 100% loss towards {server} until the health check fails over ---")
+    runner.lab.set_loss(server, 100)
+    checks = runner.checks_until_switch(runner.max_failures + 1)
+    outcome.checks += checks
+    record = checks[-1].switch if checks else None
+    if record is None:
+        outcome.problems.append(f"no failover away from {server} within {runner.max_failures + 1} checks")
+        return None
+    _verify_switch(runner, outcome, record, away_from=server)
+    return record
+
+
+def failback(runner: Runner) -> Outcome:
+    """Priorities server1 = 1, the others 2; start on server1; an outage
+    fails over to a tier-2 server; once server1 is clear again the tunnel
+    returns to it within failback_after plus two checks, exactly once, with
+    traffic flowing."""
+    runner = preferred_runner(runner, "failback")
+    names = runner.config.server_names
+    preferred = names[0]
+    after = runner.config.failover.failback_after or 0.0
+    budget = math.ceil(after / runner.interval) + 2
+    outcome = Outcome(
+        "failback",
+        f"a failover from {preferred} to a tier-2 server, then back to {preferred} within failback_after "
+        f"({format_duration(after)}) plus two checks ({budget} checks), exactly once",
+        from_server=preferred,
+    )
+    runner.settle(checks=False)
+    go_to(runner, preferred)
+    away = _fail_over_from(runner, outcome, preferred)
+    runner.lab.set_loss(preferred, 0)
+    if away is None:
+        return outcome
+    runner.say(f"--- {preferred} is clear again; checks until the failback (at most {budget}) ---")
+    back_checks = runner.checks_until_switch(budget)
+    outcome.checks += back_checks
+    back = back_checks[-1].switch if back_checks else None
+    if back is None:
+        outcome.observed = f"failed over to {away.to_server}; no switch in {len(back_checks)} checks after"
+        outcome.problems.append(f"no failback to {preferred} within {budget} checks")
+        return outcome
+    outcome.switch = back
+    runner.report_switch(back)
+    if back.to_server != preferred or not back.reason.startswith("failback: "):
+        outcome.problems.append(f"the switch went to {back.to_server} with reason {back.reason!r}, not a failback")
+    try:
+        runner.wait_for_traffic(preferred)
+    except ScenarioError as exc:
+        outcome.problems.append(f"no traffic through {preferred} after the failback: {exc}")
+    # Exactly once: more checks on the preferred server switch nothing.
+    outcome.checks += [runner.check() for _ in range(2)]
+    later = _switches_after(runner, back)
+    outcome.observed = (
+        f"failed over {preferred} -> {away.to_server} ({away.reason!r}); back to {back.to_server} at check "
+        f"{len(back_checks)} of {budget} after clearing, {back.time - away.time:.0f}s after the failover "
+        f"({back.reason!r}); {len(later)} switch(es) in the 2 checks after"
+    )
+    if later:
+        outcome.problems.append(f"{len(later)} switch(es) after the failback")
+    return outcome
+
+
+def flapping_preferred(runner: Runner) -> Outcome:
+    """After a failover away from server1 (priority 1), server1 is lossy for
+    two checks and clean for two, over and over, for longer than 3 x
+    failback_after: expect no failback at all, and no switch after the
+    first failover."""
+    runner = preferred_runner(runner, "flapping")
+    preferred = runner.config.server_names[0]
+    after = runner.config.failover.failback_after or 0.0
+    checks = 4 * math.ceil((3 * after / runner.interval + 1) / 4)  # whole lossy+clean cycles
+    outcome = Outcome(
+        "flapping-preferred",
+        f"no switch in {checks} checks (> 3 x failback_after {format_duration(after)}) while {preferred} "
+        f"is {FLAP_LOSS:g}% lossy for two checks and clean for two",
+        from_server=preferred,
+    )
+    runner.settle(checks=False)
+    go_to(runner, preferred)
+    away = _fail_over_from(runner, outcome, preferred)
+    if away is None:
+        runner.lab.set_loss(preferred, 0)
+        return outcome
+    runner.say(f"--- {preferred} flaps: {FLAP_LOSS:g}% loss for two checks, none for two, {checks} checks ---")
+    started = time.monotonic()
+    flaps = []
+    try:
+        for number in range(checks):
+            if number % 2 == 0:
+                lossy = number % 4 == 0
+                runner.lab.set_loss(preferred, FLAP_LOSS if lossy else 0)
+            flaps.append(runner.check())
+    finally:
+        runner.lab.set_loss(preferred, 0)
+    outcome.checks += flaps
+    elapsed = time.monotonic() - started
+    later = _switches_after(runner, away)
+    considered = sum("not failing back" in c.run.stderr for c in flaps)
+    outcome.observed = (
+        f"failed over {preferred} -> {away.to_server}; then {len(flaps)} checks over {elapsed:.0f}s "
+        f"({elapsed / after:.1f} x failback_after), {considered} of them looked at a failback and declined; "
+        f"{len(later)} switch(es) after the first failover"
+    )
+    if later:
+        listed = ", ".join(f"{r.from_server} -> {r.to_server} ({r.reason})" for r in later)
+        outcome.problems.append(f"switched while {preferred} flapped: {listed}")
+    if elapsed < 3 * after:
+        outcome.problems.append(f"flapped for {elapsed:.0f}s only, not longer than 3 x failback_after")
+    return outcome
+
+
+def tiers(runner: Runner) -> Outcome:
+    """server1 (priority 1) 40% lossy, server2 and server3 (priority 2)
+    clean, the active tier-2 server dies: expect the other tier-2 server,
+    never server1. Then server1 only 5% lossy (healthy, but worse than the
+    clean tier-2 server) and the active server dies: expect server1, the
+    healthy preferred one. Hold-down, failback and probation are off, so
+    only the tiers decide (a 5% lossy server may lose the new tunnel's
+    first handshake, and the probation then rightly moves on)."""
+    runner = preferred_runner(runner, "tiers", failback=False, hold_down=0, probation=0)
+    preferred, first, second = runner.config.server_names[:3]
+    window = format_duration(runner.config.failover.window)
+    threshold = runner.threshold
+    outcome = Outcome(
+        "tiers",
+        f"with {preferred} 40% lossy, {first} dying switches to {second}, never {preferred}; "
+        f"with {preferred} 5% lossy, {second} dying switches to {preferred}",
+        from_server=first,
+    )
+    runner.settle(checks=False)
+    go_to(runner, first)
+
+    def failover_window_loss(server: str) -> float | None:
+        return runner.lab.endpoint_loss(window).get(server)
+
+    def wait_for_losses(what: str, ok: Callable[[float, float], bool]) -> None:
+        # First a whole failover window of samples taken since the loss
+        # changed, so the ranking's window holds none of the earlier losses.
+        since = time.time()
+
+        def window_full() -> bool:
+            assert runner.lab.prometheus is not None  # noqa: S101 - a lab always has one here
+            newest = runner.lab.prometheus.query('min(timestamp(smokeping_requests_total{job="smokeping"}))')
+            return bool(newest) and float(newest[0]["value"][1]) >= since + runner.config.failover.window
+
+        def seen() -> bool:
+            preferred_loss, other = failover_window_loss(preferred), failover_window_loss(first)
+            return preferred_loss is not None and other is not None and ok(preferred_loss, other)
+
+        try:
+            wait_until(window_full, runner.config.failover.window + 30, 0.5, what=f"{window} of new endpoint samples")
+            wait_until(seen, runner.config.failover.window + 30, 0.5, what=what)
+        except TimeoutError as exc:
+            raise ScenarioError(str(exc)) from exc
+
+    try:
+        runner.say(f"--- tiers: {preferred} 40% lossy; wait until the failover window ({window}) shows it ---")
+        runner.lab.set_loss(preferred, 40)
+        wait_for_losses(f"{preferred} lossy over {window}", lambda p, _: p > threshold + EXPECTATION_MARGIN)
+        lossy_pick = _fail_over_from(runner, outcome, first)
+        if lossy_pick is None:
+            return outcome
+        if lossy_pick.to_server == preferred:
+            outcome.problems.append(f"picked {preferred}, 40% lossy, over a healthy tier-2 server")
+        runner.lab.set_loss(first, 0)
+        runner.lab.set_loss(preferred, 5)
+        runner.say(f"--- tiers: {preferred} 5% lossy, {first} clean again; wait for the window to show it ---")
+        wait_for_losses(
+            f"{preferred} healthy and {first} clean over {window}",
+            lambda p, other: p <= threshold - EXPECTATION_MARGIN and other < 0.01,
+        )
+        healthy_pick = _fail_over_from(runner, outcome, lossy_pick.to_server)
+    finally:
+        runner.lab.clear_loss()
+    if healthy_pick is None:
+        return outcome
+    outcome.switch = healthy_pick
+    if healthy_pick.to_server != preferred:
+        outcome.problems.append(f"picked {healthy_pick.to_server}, not {preferred}, the healthy preferred server")
+    outcome.observed = (
+        f"{first} died with {preferred} at {format_loss(lossy_pick.losses.get(preferred))}: picked "
+        f"{lossy_pick.to_server}; {lossy_pick.to_server} died with {preferred} at "
+        f"{format_loss(healthy_pick.losses.get(preferred))} and {first} at "
+        f"{format_loss(healthy_pick.losses.get(first))}: picked {healthy_pick.to_server}"
+    )
+    return outcome
+
+
 SCENARIOS: dict[str, Callable[..., Outcome]] = {
     "outage": outage,
     "loss": partial_loss,
@@ -961,6 +1220,9 @@ SCENARIOS: dict[str, Callable[..., Outcome]] = {
     "uplink": uplink,
     "dead-replacement": dead_replacement,
     "all-down": all_down,
+    "failback": failback,
+    "flapping-preferred": flapping_preferred,
+    "tiers": tiers,
 }
 
 

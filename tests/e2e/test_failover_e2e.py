@@ -33,12 +33,15 @@ from wglab.scenarios import (
     all_down,
     blip,
     dead_replacement,
+    failback,
+    flapping_preferred,
     frozen_prometheus,
     lab_server_names,
     no_cascade,
     outage,
     partial_loss,
     restart_fails,
+    tiers,
     unit_failed,
     uplink,
     write_lab_config,
@@ -215,6 +218,46 @@ def test_when_every_server_is_down_it_makes_one_pass_then_stays_until_one_recove
     assert "all servers failed (" in failed.run.stderr
     assert runner.state.read_all_failed() is None  # a healthy check ended it
     assert runner.lab.ping_through_tunnel()
+
+
+def test_failback_returns_to_the_preferred_server_exactly_once_within_failback_after_plus_two_checks(
+    runner: Runner,
+) -> None:
+    outcome = failback(runner)
+    print(outcome.observed)
+    assert outcome.ok, outcome.describe()
+    history = runner.state.read_history()
+    failbacks = [record for record in history if record.reason.startswith("failback")]
+    assert [(r.from_server, r.to_server, r.reason) for r in failbacks] == [
+        (failbacks[0].from_server, "server1", "failback: server1 healthy for 20s")
+    ]
+    assert failbacks[0].from_server in ("server2", "server3")
+    assert history[-1] == failbacks[0]  # nothing switched after it
+    assert runner.current() == "server1" == runner.lab.active_server()
+    assert runner.lab.ping_through_tunnel()
+
+
+def test_a_flapping_preferred_server_is_never_failed_back_to(runner: Runner) -> None:
+    outcome = flapping_preferred(runner)
+    print(outcome.observed)
+    assert outcome.ok, outcome.describe()
+    history = runner.state.read_history()
+    first_failover = next(r for r in history if r.from_server == "server1" and r.reason.startswith("health-check"))
+    assert history[-1] == first_failover  # 0 switches after the first failover
+    assert not [r for r in history if r.reason.startswith("failback")]
+    assert runner.current() == first_failover.to_server == runner.lab.active_server()
+
+
+def test_tiers_pick_a_healthy_less_preferred_server_over_a_lossy_preferred_one_and_vice_versa(runner: Runner) -> None:
+    outcome = tiers(runner)
+    print(outcome.observed)
+    assert outcome.ok, outcome.describe()
+    failovers = [r for r in runner.state.read_history() if r.reason.startswith("health-check")]
+    lossy, healthy = failovers[-2:]
+    assert (lossy.from_server, lossy.to_server) == ("server2", "server3")
+    assert (lossy.losses["server1"] or 0) > 0.15  # the ranking saw server1 lossy, and passed it over
+    assert (healthy.from_server, healthy.to_server) == ("server3", "server1")
+    assert (healthy.losses["server1"] or 0) <= 0.15  # healthy, so its tier beats server2's lower loss
 
 
 # --- a user's config in the lab (no root needed) ---------------------------
