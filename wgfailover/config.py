@@ -829,9 +829,12 @@ def check_permissions(config: Config) -> tuple[list[str], list[str]]:
     targets += [(f"servers.{server.name}", server.config_path) for server in config.servers]
     for key, path in targets:
         try:
-            mode = stat.S_IMODE(os.stat(path).st_mode)
+            status = os.stat(path)
         except OSError:
             continue
+        if not (stat.S_ISDIR(status.st_mode) or stat.S_ISREG(status.st_mode)):
+            continue  # a device or FIFO is no config at all; its readers refuse it
+        mode = stat.S_IMODE(status.st_mode)
         if mode & 0o002:
             errors.append(f"{key}: {path} is writable by other users (mode {mode:04o}); chmod o-w it")
         elif mode & 0o020:
