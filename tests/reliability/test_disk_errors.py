@@ -14,6 +14,7 @@ import errno
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -231,12 +232,29 @@ def test_a_switch_on_a_nearly_full_disk_leaves_the_whole_old_state_or_the_whole_
         'restart_command = ["true"]', f'restart_command = ["sh", "-c", "echo >> {restarts}"]'
     )
     install.config.write_text(text)
+    # A history of several pages: rewriting it needs more room than the
+    # `current` it follows frees (the issue's "one free page" case).
+    history = install.state_dir / "history.jsonl"
+    records = []
+    for seq in range(1, 61):
+        to_server = "server3" if seq % 2 == 0 else "server2"
+        records.append(
+            {
+                "seq": seq,
+                "time": time.time() - 7200 + seq,
+                "from": "server2" if to_server == "server3" else "server3",
+                "to": to_server,
+                "reason": "padding a history of several pages",
+                "losses": {name: 0.25 for name in install.servers},
+            }
+        )
+    history.write_text("".join(json.dumps(record) + "\n" for record in records))
     before = install.snapshot()
     old_seq = install.history()[-1].seq
     outcomes = []
     # From no free page to enough for every file of the switch: each write
     # of the sequence (current, link, history, counter, metrics) fails once.
-    for pages in range(8):
+    for pages in range(14):
         restore(install, before)
         restarts.unlink(missing_ok=True)
         leave_free(tmpfs, pages)
