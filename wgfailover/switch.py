@@ -71,8 +71,10 @@ def _stage_link(config: Config, state: StateDir, name: str, staged: StagedChange
         linked = os.readlink(config.active_link)
     except OSError:
         linked = None
+    # Always, not only when the link changes: a switch killed between
+    # staging and its renames leaves a link temp beside a link that is right.
+    remove_stale_temps(config.active_link)
     if linked != str(server.config_path):
-        remove_stale_temps(config.active_link)
         staged.symlink(server.config_path, config.active_link)
 
 
