@@ -16,17 +16,21 @@ run everywhere.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
 import signal
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from wgfailover.config import load_config
-from wgfailover.state import CheckRecord, StateDir
+from wgfailover.state import CheckRecord, StateDir, SwitchRecord
 from wglab.lab import Lab
+from wglab.processes import wait_until
 from wglab.scenarios import (
     REQUIRED_BINARIES,
     Runner,
@@ -366,3 +370,71 @@ def test_with_prometheus_unreachable_the_real_wireguard_handshake_decides(
     assert f"no handshake on {lab.client_iface} yet" in broken.stdout, broken.stdout
     assert broken.stdout.startswith("unhealthy"), broken.stdout
     assert state.read_failures() == 1
+
+
+# --- the replay of the live rule ----------------------------------------------------
+
+# The timer's period for the live-versus-replay test, and how long after each
+# tick the live check runs (Prometheus scrapes the lab's probers every second).
+PERIOD = 10.0
+TICK_OFFSET = 1.0
+
+
+def timer_check(runner: Runner) -> tuple[float, SwitchRecord | None]:
+    """Run wg-health-check at the next tick of a PERIOD timer, as systemd would;
+    return the tick and the switch the check made, if any."""
+    tick = math.floor(time.time() / PERIOD) * PERIOD + PERIOD
+    wait_until(lambda: time.time() >= tick + TICK_OFFSET, PERIOD + 5, 0.05, what="the timer's next tick")
+    before = runner.last_switch()
+    run = runner.command("wg-health-check")
+    assert run.exit_code == 0, run.stderr
+    after = runner.last_switch()
+    switched = after is not None and (before is None or after.seq != before.seq)
+    runner.say(f"timer check at {tick:.0f}: {run.summary}")
+    return tick, after if switched else None
+
+
+def test_a_backtest_replays_the_live_outage_and_blip(runner: Runner) -> None:
+    # Live: a hard outage and a one-period blip, with the health check on a
+    # fixed timer. Then --backtest over the same span with the same config
+    # and --every that period must find the same failovers, each within one
+    # period of the live one, and none for the blip.
+    runner.settle()
+    first_tick, _ = timer_check(runner)
+    timer_check(runner)  # the counter is at 0 before the outage, live and replayed
+
+    server = runner.current()
+    assert server is not None
+    runner.lab.set_loss(server, 100)
+    live_switches = []
+    for _ in range(runner.max_failures + 1):
+        tick, switch = timer_check(runner)
+        if switch is not None:
+            live_switches.append((tick, switch))
+            break
+    assert len(live_switches) == 1, "the live outage did not switch"
+    runner.lab.clear_loss()
+    timer_check(runner)
+    timer_check(runner)
+
+    blipped = runner.current()
+    assert blipped is not None
+    runner.lab.set_loss(blipped, 100)
+    blip_tick, switch = timer_check(runner)
+    runner.lab.set_loss(blipped, 0)
+    assert switch is None
+    for _ in range(runner.max_failures):
+        _, switch = timer_check(runner)
+        assert switch is None, "the live blip switched"
+
+    duration = math.ceil((time.time() - first_tick) / PERIOD) * PERIOD
+    replay = runner.command("wg-health-check", "--backtest", f"{duration:.0f}s", "--every", f"{PERIOD:.0f}s", "--json")
+    assert replay.exit_code == 0, replay.stderr
+    text = runner.command("wg-health-check", "--backtest", f"{duration:.0f}s", "--every", f"{PERIOD:.0f}s")
+    runner.say(text.stdout)
+    replayed = json.loads(replay.stdout)["failovers"]
+    assert len(replayed) == len(live_switches), replay.stdout
+    for (live_tick, live), again in zip(live_switches, replayed):
+        assert abs(again["time"] - live_tick) <= PERIOD, (live_tick, again)
+        assert again["from"] == live.from_server
+    assert not [f for f in replayed if f["time"] >= blip_tick - PERIOD], replay.stdout
