@@ -715,6 +715,8 @@ in
           OnBootSec = cfg.timer.onBootSec;
           OnUnitActiveSec = cfg.timer.onUnitActiveSec;
           RandomizedDelaySec = cfg.timer.randomizedDelaySec;
+          # systemd's default of 1min would let each check run up to a minute late.
+          AccuracySec = lib.mkDefault "1s";
         };
       };
 

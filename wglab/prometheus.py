@@ -233,10 +233,12 @@ class _QueryableServer(_StartStop):
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     # -- queries --
-    def query(self, promql: str, timeout: float = 5.0) -> list[dict[str, Any]]:
-        """Given a PromQL expression, return the instant query's result list
-        (POST form to /api/v1/query); raise RuntimeError on an API error."""
-        data = urllib.parse.urlencode({"query": promql}).encode()
+    def query(self, promql: str, timeout: float = 5.0, at: float | None = None) -> list[dict[str, Any]]:
+        """Given a PromQL expression (and optionally the unix time to evaluate
+        it at; default now), return the instant query's result list (POST form
+        to /api/v1/query); raise RuntimeError on an API error."""
+        form = {"query": promql} if at is None else {"query": promql, "time": f"{at:.3f}"}
+        data = urllib.parse.urlencode(form).encode()
         req = urllib.request.Request(self.url + "/api/v1/query", data=data, method="POST")  # noqa: S310
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310

@@ -516,6 +516,7 @@ def test_module_wires_units_like_the_original(evaluate: Evaluate, package_dir: P
         "OnBootSec": "2min",
         "OnUnitActiveSec": "1min",
         "RandomizedDelaySec": "10s",
+        "AccuracySec": "1s",  # not systemd's 1min default, which would delay checks
     }
     assert "prometheus-smokeping-vpn" not in services
 

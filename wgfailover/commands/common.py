@@ -270,7 +270,11 @@ def load_or_check(config_path: Path, check_config: bool, as_json: bool = False) 
             from wgfailover.actions.online_check import check_online
 
             report = check_online(config)
-            errors, warnings, notes = errors + report.problems, warnings + report.warnings, report.notes
+            # The offline check already names a missing textfile_dir or restart
+            # program; the online check's finding for the same key adds nothing.
+            named = {error.split(":", 1)[0] for error in errors}
+            fresh = [problem for problem in report.problems if problem.split(":", 1)[0] not in named]
+            errors, warnings, notes = errors + fresh, warnings + report.warnings, report.notes
         for warning in warnings:
             log.warning("%s", warning)
         for error in errors:
