@@ -67,11 +67,6 @@ def _stage_link(config: Config, state: StateDir, name: str, staged: StagedChange
         raise ActionError(f"{name!r} is not a configured server")
     if not state.holds_current(name):
         staged.write(state.file(CURRENT_FILE), f"{name}\n".encode())
-    # Always, not only when the link changes: a switch stages the link's temp
-    # before the first rename, so a run killed in between leaves a temp beside
-    # a link and `current` that still agree. Deleting nothing writes nothing,
-    # so an unchanged restore still works on a read-only disk.
-    remove_stale_temps(config.active_link)
     try:
         linked = os.readlink(config.active_link)
     except OSError:
