@@ -209,6 +209,13 @@ def _probation(
     by_hand = bool(result.rows) and result.rows[0].reason == MANUAL_REASON
     order = [] if by_hand else [row.name for row in result.rows if row.rank is not None]
     tried: dict[str, str] = {}
+
+    def leave(failed: str, to: str, reason: str) -> SwitchRecord:
+        # Every move of the episode records the losses the ranking saw when it began.
+        return switch_to(
+            config, state, to_server=to, from_server=failed, reason=reason, losses=result.losses, now=wall_clock()
+        )
+
     server = record.to_server
     while True:
         judgement = confirm_server(config, server, record.time, restarted, wall_clock=wall_clock, sleep=sleep)
@@ -228,28 +235,12 @@ def _probation(
                 log.info("%s", message)
                 return dataclasses.replace(result, record=record, skipped=message, tried=tuple(tried.items()))
             if back is not None and back != server:
-                record = switch_to(
-                    config,
-                    state,
-                    to_server=back,
-                    from_server=server,
-                    reason=f"probation failed: {judgement.reason}; back to {back}",
-                    losses=result.losses,
-                    now=wall_clock(),
-                )
+                record = leave(server, back, f"probation failed: {judgement.reason}; back to {back}")
                 return dataclasses.replace(result, choice=back, record=record, tried=tuple(tried.items()))
             if following is None:
                 stay = order[0] if order else server
                 if stay != server:
-                    record = switch_to(
-                        config,
-                        state,
-                        to_server=stay,
-                        from_server=server,
-                        reason=f"all servers failed: back to the best-ranked {stay}",
-                        losses=result.losses,
-                        now=wall_clock(),
-                    )
+                    record = leave(server, stay, f"all servers failed: back to the best-ranked {stay}")
                 message = describe_all_failed(tried, stay)
                 if order:
                     state.write_all_failed(AllFailedRecord(time=wall_clock(), failed=dict(tried), stayed_on=stay))
@@ -257,15 +248,7 @@ def _probation(
                     message = f"{server} failed its probation ({judgement.reason}); staying on it as asked"
                 write_metrics(config.textfile_dir, state, config.servers)
                 raise ProbationFailedError(message)
-            record = switch_to(
-                config,
-                state,
-                to_server=following,
-                from_server=server,
-                reason=f"probation failed: {judgement.reason}",
-                losses=result.losses,
-                now=wall_clock(),
-            )
+            record = leave(server, following, f"probation failed: {judgement.reason}")
             restarted = wall_clock()
         server = following
 
