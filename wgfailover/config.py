@@ -193,6 +193,9 @@ class FailoverSettings:
     query: str = DEFAULT_FAILOVER_QUERY
     latency_query: str = DEFAULT_LATENCY_QUERY
     tie_epsilon: float = 0.02
+    # Latencies within this fraction of the lowest are tied (policy/ranking.py
+    # step 5; LATENCY_TIE_RATIO there); a fleet with capacity weights raises it.
+    latency_tie: float = 0.10
     failback_after: float | None = None  # None: never fail back to a more preferred server
     probation: float = 20.0  # seconds to confirm a new server after a switch; 0: do not confirm
 
@@ -252,6 +255,11 @@ class Config:
     def priorities(self) -> dict[str, int | None]:
         """Return {server: priority} (None: no priority, the last tier)."""
         return {server.name: server.priority for server in self.servers}
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """Return {server: weight}, the capacities the ranking's random pick honours."""
+        return {server.name: server.weight for server in self.servers}
 
 
 # --- validation --------------------------------------------------------------
@@ -665,6 +673,7 @@ def parse_config(document: dict[str, Any], path: Path) -> Config:
         query=fail("query", _template({"hosts", "window"}, failover_placeholders)),
         latency_query=fail("latency_query", _template({"hosts", "window"}, failover_placeholders, empty_ok=True)),
         tie_epsilon=fail("tie_epsilon", _ratio),
+        latency_tie=fail("latency_tie", _ratio),
         failback_after=fail("failback_after", _failback_after),
         probation=fail("probation", parse_duration),
     )

@@ -18,6 +18,7 @@ from wgfailover.config import (
     parse_duration,
 )
 from wgfailover.errors import ConfigError, ExitCode
+from wgfailover.policy.ranking import LATENCY_TIE_RATIO
 
 MINIMAL = {"servers": {"server1": {}}}
 
@@ -457,6 +458,24 @@ def test_fleet_and_weights_are_read() -> None:
 )
 def test_bad_fleet_and_weight_values_are_reported(document: dict, problem: str) -> None:
     assert problems_of(document) == [problem]
+
+
+def test_failover_latency_tie_defaults_to_the_ranking_rule_and_is_read() -> None:
+    assert parse_config(MINIMAL, Path("c.toml")).failover.latency_tie == LATENCY_TIE_RATIO == 0.10
+    document = {**MINIMAL, "failover": {"latency_tie": 0.5}}
+    assert parse_config(document, Path("c.toml")).failover.latency_tie == 0.5
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        (1.5, "failover.latency_tie: must be between 0 and 1, got 1.5"),
+        (-0.1, "failover.latency_tie: must be between 0 and 1, got -0.1"),
+        ("10%", "failover.latency_tie: expected a number between 0 and 1, got a string"),
+    ],
+)
+def test_a_bad_latency_tie_is_reported(value: object, problem: str) -> None:
+    assert problems_of({**MINIMAL, "failover": {"latency_tie": value}}) == [problem]
 
 
 def test_a_custom_health_selector_may_carry_the_client_itself() -> None:

@@ -40,7 +40,7 @@ from wgfailover.evidence.servers_loss import find_endpoints
 from wgfailover.policy.failback import FailbackPlan, choose_failback, plan_failback
 from wgfailover.policy.health import CheckEvidence, CheckState, HealthOutcome, decide_check, is_failure
 from wgfailover.policy.local_fault import local_fault_of
-from wgfailover.policy.ranking import first_choice, rank_servers
+from wgfailover.policy.ranking import LATENCY_TIE_RATIO, first_choice, rank_servers
 from wgfailover.policy.spans import plan_span
 from wgfailover.state import CheckRecord, StateDir, SwitchRecord
 
@@ -130,13 +130,16 @@ def replay(
     unusable: Mapping[str, str],
     rng: random.Random,
     failback_after: float | None = None,
+    weights: Mapping[str, float] | None = None,
+    latency_tie: float = LATENCY_TIE_RATIO,
 ) -> Replay:
     """
     Given the check times (oldest first), the health settings, the evidence
     of the past, the server in use before the first check, the switches
-    recorded before it, the ranking's settings and failback_after (None:
-    never fail back), run the live rule check by check and return what it
-    would have done: failovers on failed checks, failbacks on healthy ones
+    recorded before it, the ranking's settings (hold_down, tie_epsilon,
+    priorities, weights, latency_tie: the live failover's) and
+    failback_after (None: never fail back), run the live rule check by
+    check and return what it would have done: failovers on failed checks, failbacks on healthy ones
     (policy/failback.py, with the prober's history of the preferred servers
     at that moment). ``rng`` breaks ties, as the live random source does.
     """
@@ -205,6 +208,8 @@ def replay(
             unusable=unusable,
             priorities=priorities,
             threshold=health.threshold,
+            weights=weights,
+            latency_tie=latency_tie,
         )
         best = first_choice(rows)
         reason = decision.reason or "health-check"
@@ -411,6 +416,8 @@ def run_backtest(
             unusable=unusable,
             rng=random.Random(seed),
             failback_after=config.failover.failback_after,
+            weights=config.weights,
+            latency_tie=config.failover.latency_tie,
         )
 
     return Backtest(

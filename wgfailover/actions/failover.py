@@ -345,7 +345,8 @@ def _decide(
         unusable=unusable,
         priorities=config.priorities,
         threshold=config.health.threshold,
-        weights={server.name: server.weight for server in config.servers},
+        weights=config.weights,
+        latency_tie=config.failover.latency_tie,
     )
     fault = None
     if error is None:

@@ -34,7 +34,21 @@ equal):
 5. Latency groups, within one loss group: servers with a known mean
    round-trip time rank before those without; known latencies are grouped
    the same way, with a tolerance of max(LATENCY_TIE_SECONDS,
-   LATENCY_TIE_RATIO x the group's lowest latency).
+   ``latency_tie`` x the group's lowest latency). ``latency_tie`` is
+   ``failover.latency_tie`` (default LATENCY_TIE_RATIO, 10%): how much
+   slower a server may be and still count as equally close. It is a
+   setting, not a constant, because it trades two goods against each other.
+   Within 10%, a client goes to the server nearest to it, and weights only
+   act among the few servers about as near. In a fleet whose servers sit
+   at similar distances (one region: 20-30 ms), which server is a client's
+   nearest is an accident of its path, unrelated to capacity, so the
+   displaced clients spread evenly instead of by weight (measured in
+   benchmarks/fleet.py). An operator who weights servers by capacity says
+   that capacity matters more than a few milliseconds; a larger
+   ``latency_tie`` (0.5: up to 1.5x the lowest round trip is "as close")
+   makes those servers equal in latency, so the weighted pick of step 6
+   decides, while a server much farther away still ranks after them.
+   Loss always decides first: no latency_tie makes a lossier server win.
 6. Random order within what is still equal: a latency group, the unknown
    latencies of a loss group, or an unknown-loss tier. The shuffle starts
    from name order, so one seed gives one ranking whatever the input order,
@@ -56,8 +70,9 @@ from wgfailover.evidence.readings import ServerReading
 from wgfailover.state import SwitchRecord
 
 # Two latencies are a near-tie when they differ by less than this many
-# seconds, or this fraction of the lower one, whichever is larger: a few
-# milliseconds of jitter between ping targets says nothing about a tunnel.
+# seconds, or this fraction of the lower one (failover.latency_tie; this is
+# its default), whichever is larger: a few milliseconds of jitter between
+# ping targets says nothing about a tunnel.
 LATENCY_TIE_SECONDS = 0.001
 LATENCY_TIE_RATIO = 0.10
 # Float slack so that a difference of exactly tie_epsilon (0.05 - 0.03)
@@ -126,6 +141,7 @@ def rank_servers(
     priorities: Mapping[str, int | None] | None = None,
     threshold: float | None = None,
     weights: Mapping[str, float] | None = None,
+    latency_tie: float = LATENCY_TIE_RATIO,
 ) -> list[RankedServer]:
     """
     Given one ServerReading per configured server, the current server's name
@@ -137,8 +153,10 @@ def rank_servers(
     already be clean (None for unknown, loss in [0, 1]: see evidence/readings.py).
     ``priorities`` maps a server to its tier (lower is preferred; missing
     or None: the last tier) and ``threshold`` is the highest loss that
-    counts as healthy. Raise ValueError if the candidates span several
-    tiers and no threshold is given.
+    counts as healthy. ``weights`` maps a server to its capacity (missing:
+    1) and ``latency_tie`` is the fraction of the lowest latency within
+    which latencies are tied (step 5). Raise ValueError if the candidates
+    span several tiers and no threshold is given.
     """
     unusable = unusable or {}
     priorities = priorities or {}
@@ -153,7 +171,7 @@ def rank_servers(
     for held in (False, True):
         half = [m for m in candidates if (m.name in left) == held]
         for part, members in _preference_parts(half, tiers, priorities, threshold):
-            placed += _place(members, held, part, tie_epsilon, rng, weights)
+            placed += _place(members, held, part, tie_epsilon, latency_tie, rng, weights)
 
     rows = [
         _row(entry.reading, rank, _reason(entry, placed[0], len(placed), left, len(tiers) > 1), left)
@@ -266,6 +284,7 @@ def _place(
     held: bool,
     part: _Part,
     tie_epsilon: float,
+    latency_tie: float,
     rng: random.Random,
     weights: Mapping[str, float],
 ) -> list[_Placed]:
@@ -274,7 +293,7 @@ def _place(
     known = [m for m in members if m.loss is not None]
     for loss_index, loss_group in enumerate(_groups(known, _loss, lambda lowest: tie_epsilon)):
         with_latency = [m for m in loss_group if m.latency is not None]
-        latency_groups = _groups(with_latency, _latency, _latency_tolerance)
+        latency_groups = _groups(with_latency, _latency, lambda lowest: _latency_tolerance(lowest, latency_tie))
         latency_groups.append([m for m in loss_group if m.latency is None])
         for latency_index, latency_group in enumerate(latency_groups):
             is_known = latency_index < len(latency_groups) - 1
@@ -303,8 +322,8 @@ def _latency(reading: ServerReading) -> float:
     return reading.latency if reading.latency is not None else math.inf
 
 
-def _latency_tolerance(lowest: float) -> float:
-    return max(LATENCY_TIE_SECONDS, LATENCY_TIE_RATIO * lowest)
+def _latency_tolerance(lowest: float, latency_tie: float) -> float:
+    return max(LATENCY_TIE_SECONDS, latency_tie * lowest)
 
 
 def _groups(

@@ -36,6 +36,7 @@ class TableEvidence:
     servers_asked: list[tuple[float, float | None]] = dataclasses.field(default_factory=list)
     preferred_loss: Callable[[int], float] = lambda index: 0.0  # the preferred server's ping loss at a check
     preferred_asked: list[tuple[float, tuple[str, ...]]] = dataclasses.field(default_factory=list)
+    server_latencies: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
     def tunnel(self, time: float, seconds: float) -> TunnelReading:
         self.asked.append((time, seconds))
@@ -46,7 +47,7 @@ class TableEvidence:
         self.servers_asked.append((time, window))
         if window is not None and self.uplink_down(time):
             return [ServerReading(name, 1.0) for name in self.server_losses]
-        return [ServerReading(name, loss) for name, loss in self.server_losses.items()]
+        return [ServerReading(name, loss, self.server_latencies.get(name)) for name, loss in self.server_losses.items()]
 
     def preferred(
         self, time: float, names: Sequence[str], failback_after: float, slice_seconds: float
@@ -129,6 +130,39 @@ def test_a_local_fault_is_not_counted_as_live(
     assert result.local_faults == local_faults
     # Every server was asked over the failed check's own span, as the live check asks.
     assert [window for _, window in evidence.servers_asked if window is not None] == [60] * losses.count(BAD)
+
+
+@pytest.mark.parametrize(
+    ("latency_tie", "weights", "expected"),
+    [
+        # b is 5 ms (25%) nearer: within the default 10% it wins whatever the weights.
+        (0.10, {"c": 1e6}, "b"),
+        # Within latency_tie 0.5 both are as near, and the weights decide, as live.
+        (0.50, {"c": 1e6}, "c"),
+        (0.50, {"b": 1e6}, "b"),
+    ],
+)
+def test_the_replay_ranks_with_the_live_latency_tie_and_weights(
+    latency_tie: float, weights: dict[str, float], expected: str
+) -> None:
+    evidence = TableEvidence(
+        [OK, BAD, BAD, BAD], {"a": 1.0, "b": 0.0, "c": 0.0}, server_latencies={"b": 0.020, "c": 0.025}
+    )
+    result = replay(
+        [START + index * EVERY for index in range(4)],
+        HealthSettings(),
+        evidence,
+        current="a",
+        history=(),
+        hold_down=3600,
+        tie_epsilon=0.02,
+        priorities={},
+        unusable={},
+        rng=random.Random(0),
+        weights=weights,
+        latency_tie=latency_tie,
+    )
+    assert [failover.to_server for failover in result.failovers] == [expected]
 
 
 def test_a_replayed_failover_says_from_to_why_and_which_checks_counted() -> None:

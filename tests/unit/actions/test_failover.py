@@ -124,6 +124,34 @@ def test_endpoints_come_from_the_wireguard_configs_unless_configured(tmp_path: P
 # --- deciding ----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("latency_tie", "expected"),
+    [(None, {"server2"}), (0.10, {"server2"}), (0.5, {"server2", "server3"})],
+    ids=["default", "10%", "half"],
+)
+def test_failover_latency_tie_decides_which_latencies_are_as_near(
+    tmp_path: Path, requests_mock: Any, latency_tie: float | None, expected: set[str]
+) -> None:
+    # server3 is 25% farther than server2 but has twice the capacity.
+    config = make_config(
+        tmp_path,
+        servers={"server1": {}, "server2": {}, "server3": {"weight": 2}},
+        failover={} if latency_tie is None else {"latency_tie": latency_tie},
+    )
+    set_current(config, "server1")
+    requests_mock.post(
+        QUERY_URL,
+        json=answer(
+            ("192.0.2.2", "loss", 0.0),
+            ("192.0.2.2", "latency", 0.020),
+            ("192.0.2.3", "loss", 0.0),
+            ("192.0.2.3", "latency", 0.025),
+        ),
+    )
+    choices = {run(config, dry_run=True, rng=random.Random(seed)).choice for seed in range(40)}
+    assert choices == expected
+
+
 def test_the_lowest_loss_other_server_is_chosen(tmp_path: Path, requests_mock: Any) -> None:
     config = make_config(tmp_path)
     set_current(config, "server1")

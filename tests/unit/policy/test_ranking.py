@@ -9,6 +9,7 @@ import pytest
 
 from wgfailover.evidence.readings import ServerReading
 from wgfailover.policy.ranking import (
+    LATENCY_TIE_RATIO,
     RankedServer,
     better_than_chosen,
     first_choice,
@@ -31,6 +32,7 @@ def rank(
     seed: int = 0,
     unusable: dict[str, str] | None = None,
     weights: dict[str, float] | None = None,
+    latency_tie: float = LATENCY_TIE_RATIO,
 ) -> list[RankedServer]:
     return rank_servers(
         [ServerReading("current", 0.9), *readings] if current == "current" else readings,
@@ -42,6 +44,7 @@ def rank(
         rng=random.Random(seed),
         unusable=unusable,
         weights=weights,
+        latency_tie=latency_tie,
     )
 
 
@@ -150,6 +153,53 @@ def test_equal_weights_shuffle_exactly_as_without_weights() -> None:
         assert names(rank(measurements, seed=seed, weights={n: 2.0 for n in "abcdef"})) == names(
             rank(measurements, seed=seed)
         )
+
+
+@pytest.mark.parametrize(
+    ("latencies", "latency_tie", "tied"),
+    [
+        # Within latency_tie of the lowest (20 ms): tied; beyond it: ranked after.
+        ({"a": 0.020, "b": 0.0215, "c": 0.030}, 0.10, {"a", "b"}),
+        ({"a": 0.020, "b": 0.0215, "c": 0.030}, 0.50, {"a", "b", "c"}),
+        ({"a": 0.020, "b": 0.0215, "c": 0.0301}, 0.50, {"a", "b"}),
+        ({"a": 0.020, "b": 0.030, "c": 0.041}, 1.0, {"a", "b"}),
+        # 0 leaves only the 1 ms floor: jitter still ties, 2 ms does not.
+        ({"a": 0.020, "b": 0.0209, "c": 0.022}, 0.0, {"a", "b"}),
+    ],
+    ids=["default-10%", "half", "just-beyond-half", "double", "floor-only"],
+)
+def test_latencies_within_latency_tie_of_the_lowest_are_tied(
+    latencies: dict[str, float], latency_tie: float, tied: set[str]
+) -> None:
+    readings = [ServerReading(name, 0.0, latency) for name, latency in latencies.items()]
+    runs = [names(rank(readings, seed=seed, latency_tie=latency_tie)) for seed in range(200)]
+    assert {ranking[0] for ranking in runs} == tied
+    assert all(set(ranking[: len(tied)]) == tied for ranking in runs)
+
+
+def test_a_larger_latency_tie_lets_weights_decide_among_servers_at_similar_distances() -> None:
+    # One region: "big" has twice the capacity but is 5 ms (25%) farther.
+    # With the default 10% every client takes the nearer "small"; with
+    # latency_tie 0.5 they are equally close and the weight decides: 2/3.
+    readings = [ServerReading("small", 0.0, 0.020), ServerReading("big", 0.0, 0.025)]
+    weights = {"big": 2.0}
+    runs = 3000
+
+    def share_of_big(latency_tie: float) -> float:
+        firsts = Counter(
+            names(rank(readings, seed=seed, weights=weights, latency_tie=latency_tie))[0] for seed in range(runs)
+        )
+        return firsts["big"] / runs
+
+    assert share_of_big(LATENCY_TIE_RATIO) == 0.0
+    # 3000 draws: the standard error of the share is under 0.009.
+    assert share_of_big(0.5) == pytest.approx(2 / 3, abs=0.03)
+
+
+def test_no_latency_tie_makes_a_lossier_server_win() -> None:
+    readings = [ServerReading("far", 0.0, 0.200), ServerReading("near-lossy", 0.10, 0.001)]
+    for seed in range(50):
+        assert names(rank(readings, seed=seed, latency_tie=1.0, weights={"near-lossy": 100.0}))[0] == "far"
 
 
 def test_the_same_seed_gives_the_same_ranking_whatever_the_input_order() -> None:
