@@ -88,6 +88,9 @@ _MATCHER_LIST = re.compile(rf"{_MATCHER}(?:,{_MATCHER})*,?\s*")
 # What a header value may hold (RFC 9110 field-vchar, obs-text, space, tab).
 _HEADER_VALUE = re.compile(r"[!-~-ÿ]([ -~-ÿ	]*[!-~-ÿ])?")
 _PLACEHOLDER = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
+# An instance name becomes part of paths, a file name, a unit name and a
+# label value: no slash, no dot first (".." would climb out of state_dir).
+_INSTANCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 def fill_template(template: str, values: dict[str, str]) -> str:
@@ -228,6 +231,7 @@ class FleetSettings:
 class Config:
     path: Path
     servers: tuple[Server, ...]
+    instance: str | None = None  # one of several tunnels on this host; None: the only one
     config_dir: Path = Path("/run/secrets/wireguard")
     active_link: Path = Path("/run/wg-active.conf")
     state_dir: Path = Path("/var/lib/wg-failover")
@@ -279,6 +283,25 @@ class _Problems:
 
 def _join(prefix: str, key: str) -> str:
     return f"{prefix}.{key}" if prefix else key
+
+
+def instance_defaults(instance: str | None) -> dict[str, Any]:
+    """
+    Given the instance name (None: one tunnel per host), return the
+    top-level defaults that differ per instance. Two instances must never
+    share a state directory (lock, `current`), an active link or a tunnel
+    to restart; the restart follows the plain templates, where the
+    instance is the wg-quick interface. active_link does not default to
+    /etc/wireguard/INSTANCE.conf: that file may be the user's own config,
+    private key included, and the first switch would replace it.
+    """
+    if instance is None:
+        return {}
+    return {
+        "state_dir": Path("/var/lib/wg-failover") / instance,
+        "active_link": Path(f"/run/wg-active-{instance}.conf"),
+        "restart_command": ("systemctl", "restart", f"wg-quick@{instance}.service"),
+    }
 
 
 def _reject_unknown(table: dict[str, Any], known: list[str], prefix: str, problems: _Problems) -> None:
@@ -462,6 +485,16 @@ def _template(required: set[str], allowed: set[str], *, empty_ok: bool = False) 
     return convert
 
 
+def _instance_name(value: object) -> str:
+    text = _string(value)
+    if not _INSTANCE_NAME.fullmatch(text):
+        raise ValueError(
+            f"{text!r} is not an instance name (1 to 64 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit, e.g. the interface 'wg0')"
+        )
+    return text
+
+
 def _netns_name(value: object) -> str:
     text = _nonempty_string(value)
     if "/" in text or text in (".", ".."):
@@ -576,6 +609,7 @@ def _section_reader(
 
 
 _TOP_KEYS = [
+    "instance",
     "config_dir",
     "active_link",
     "state_dir",
@@ -627,7 +661,8 @@ def parse_config(document: dict[str, Any], path: Path) -> Config:
     """
     problems = _Problems()
     _reject_unknown(document, _TOP_KEYS, "", problems)
-    base = Config(path=path, servers=())
+    instance = _take(document, "instance", "", _instance_name, None, problems)
+    base = Config(path=path, servers=(), **instance_defaults(instance))
 
     def top(key: str, convert: Converter) -> Any:
         return _take(document, key, "", convert, getattr(base, key), problems)
@@ -724,6 +759,7 @@ def parse_config(document: dict[str, Any], path: Path) -> Config:
     return Config(
         path=path,
         servers=servers,
+        instance=instance,
         prometheus=prometheus,
         failover=failover,
         health=health,

@@ -112,7 +112,7 @@ def switch_to(
         staged.write(state.file(FAILURES_FILE), b"0\n")
         staged.commit()
     # After the commit, from the new state; a failure here is a warning only.
-    write_metrics(config.textfile_dir, state, config.servers)
+    write_metrics(config.textfile_dir, state, config.servers, instance=config.instance)
     # Debug: the command's own result line says it, once (one journal line per event).
     log.debug("switched from %s to %s (%s)", from_server or "none", to_server, reason)
     run_command(config.restart_command, config.restart_timeout, "restarting the tunnel failed")

@@ -46,6 +46,13 @@ def test_a_working_config_is_valid_and_says_what_it_did_not_check(tmp_path: Path
     assert "whether Prometheus answers" in NOT_CHECKED_OFFLINE
 
 
+def test_the_summary_names_the_instance(tmp_path: Path) -> None:
+    path = write_config(tmp_path, {"instance": "wg1"})
+    result = CliRunner().invoke(wg_select.main, ["--config", str(path), "--check-config"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"{path}: valid; instance wg1; 2 servers (server1, server2)")
+
+
 BROKEN: list[tuple[str, Callable[[Path], Path], str]] = [
     (
         "restart_timeout 300y",

@@ -51,6 +51,7 @@ def test_bad_durations_are_refused(bad: object) -> None:
 
 def test_every_default_matches_the_documented_contract() -> None:
     config = parse_config(MINIMAL, Path("c.toml"))
+    assert config.instance is None  # one tunnel per host
     assert config.config_dir == Path("/run/secrets/wireguard")
     assert config.active_link == Path("/run/wg-active.conf")
     assert config.state_dir == Path("/var/lib/wg-failover")
@@ -340,6 +341,56 @@ handshake_timeout = "4m"
 )
 def test_each_bad_value_is_reported_with_its_key(document: dict, problem: str) -> None:
     assert problems_of(document) == [problem]
+
+
+def test_an_instance_gets_its_own_state_link_and_tunnel_by_default() -> None:
+    # Two instances on one host must never share a lock, `current` or a link,
+    # nor restart each other's tunnel.
+    config = parse_config({**MINIMAL, "instance": "wg1"}, Path("wg1.toml"))
+    assert config.instance == "wg1"
+    assert config.state_dir == Path("/var/lib/wg-failover/wg1")
+    assert config.active_link == Path("/run/wg-active-wg1.conf")
+    assert config.restart_command == ("systemctl", "restart", "wg-quick@wg1.service")
+    assert config.config_dir == Path("/run/secrets/wireguard")  # servers may be shared: unchanged
+
+
+def test_what_the_config_sets_wins_over_the_instance_defaults() -> None:
+    document = {
+        **MINIMAL,
+        "instance": "office",
+        "state_dir": "/srv/state",
+        "active_link": "/run/office/active.conf",
+        "restart_command": ["systemctl", "restart", "wg-office.service"],
+    }
+    config = parse_config(document, Path("office.toml"))
+    assert (config.state_dir, config.active_link, config.restart_command) == (
+        Path("/srv/state"),
+        Path("/run/office/active.conf"),
+        ("systemctl", "restart", "wg-office.service"),
+    )
+
+
+@pytest.mark.parametrize("name", ["wg0", "office", "site-b.v6", "0", "a_b", "x" * 64])
+def test_an_instance_name_is_a_file_unit_and_label_safe_word(name: str) -> None:
+    assert parse_config({**MINIMAL, "instance": name}, Path("c.toml")).instance == name
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("", "'' is not an instance name"),
+        ("..", "'..' is not an instance name"),
+        (".wg0", "'.wg0' is not an instance name"),
+        ("../etc", "'../etc' is not an instance name"),
+        ("wg 0", "'wg 0' is not an instance name"),
+        ("wg@0", "'wg@0' is not an instance name"),
+        ("x" * 65, f"'{'x' * 65}' is not an instance name"),
+        (0, "expected a string, got a number"),
+    ],
+)
+def test_a_bad_instance_name_is_refused_with_its_key(value: object, problem: str) -> None:
+    (reported,) = problems_of({**MINIMAL, "instance": value})
+    assert reported.startswith(f"instance: {problem}")
 
 
 def test_every_problem_is_reported_at_once() -> None:

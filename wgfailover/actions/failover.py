@@ -246,7 +246,7 @@ def _probation(
                     state.write_all_failed(AllFailedRecord(time=wall_clock(), failed=dict(tried), stayed_on=stay))
                 else:
                     message = f"{server} failed its probation ({judgement.reason}); staying on it as asked"
-                write_metrics(config.textfile_dir, state, config.servers)
+                write_metrics(config.textfile_dir, state, config.servers, instance=config.instance)
                 raise ProbationFailedError(message)
             record = leave(server, following, f"probation failed: {judgement.reason}")
             restarted = wall_clock()
@@ -258,7 +258,7 @@ def _clear_all_failed(config: Config, state: StateDir) -> None:
     with state.locked(config.lock_timeout):
         if state.clear_all_failed():
             log.info("no longer in 'all servers failed'")
-            write_metrics(config.textfile_dir, state, config.servers)
+            write_metrics(config.textfile_dir, state, config.servers, instance=config.instance)
 
 
 def _last_seq(history: Sequence[SwitchRecord]) -> int:

@@ -176,7 +176,7 @@ def _check_health(
         state.write_last_check(CheckRecord(time=now, loss=reading.loss, span=reading.span, local_fault=fault))
         if decision.outcome == HealthOutcome.HEALTHY and state.clear_all_failed():
             log.info("the tunnel works again: no longer in 'all servers failed'")
-        write_metrics(config.textfile_dir, state, config.servers)
+        write_metrics(config.textfile_dir, state, config.servers, instance=config.instance)
 
     result = result_of(decision.outcome, reading, before, decision.failures, _why(decision))
     if decision.outcome in (HealthOutcome.LOCAL_FAULT, HealthOutcome.HELD):

@@ -67,7 +67,7 @@ def select_server(
             elif problem:
                 log.warning("%s; replacing it", problem)
         point_link(config, state, selection.server)
-        write_metrics(config.textfile_dir, state, config.servers)
+        write_metrics(config.textfile_dir, state, config.servers, instance=config.instance)
     if selection.restored:
         log.info("restored server %s", selection.server)
     else:

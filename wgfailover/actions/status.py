@@ -57,6 +57,7 @@ class Status:
     """Everything --status shows, as read at ``now``."""
 
     now: float
+    instance: str | None  # which of several tunnels on this host; None: the only one
     current: str | None
     current_problem: str | None
     link: LinkState
@@ -99,6 +100,7 @@ def read_status(
     unit = tunnel_unit(config.restart_command)
     return Status(
         now=now,
+        instance=config.instance,
         current=current.name,
         current_problem=None if current.first_boot else current.problem,
         link=read_link(config),

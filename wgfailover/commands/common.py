@@ -235,7 +235,8 @@ def _exit(code: int, message: str, as_json: bool, **details: Any) -> NoReturn:
 def describe_config(config: Config) -> str:
     """Given a valid config, return the --check-config summary."""
     names = ", ".join(config.server_names)
-    return f"{config.path}: valid; {len(config.servers)} servers ({names})"
+    instance = f"instance {config.instance}; " if config.instance is not None else ""
+    return f"{config.path}: valid; {instance}{len(config.servers)} servers ({names})"
 
 
 def load_or_check(config_path: Path, check_config: bool, as_json: bool = False) -> Config:

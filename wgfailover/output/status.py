@@ -38,7 +38,7 @@ def _ago(now: float, when: float) -> str:
 def format_status(status: Status) -> str:
     """Given a Status, return the text --status prints."""
     now = status.now
-    lines = []
+    lines = [] if status.instance is None else [f"instance:      {status.instance}"]
     if status.current:
         since = next((r.time for r in reversed(status.switches) if r.to_server == status.current), None)
         when = f" (since {format_time(since)}, {_ago(now, since)})" if since is not None else ""
@@ -130,6 +130,7 @@ def status_to_json(status: Status) -> dict[str, Any]:
     check = status.last_check
     return {
         "time": round(status.now, 3),
+        "instance": status.instance,
         "current": {"server": status.current, "problem": status.current_problem},
         "link": {
             "path": str(status.link.path),

@@ -45,6 +45,14 @@ def test_first_boot_records_the_pick_and_points_the_link(make_config_file: Calla
     assert f'vpn_server_info{{server="{selection.server}"}} 1\n' in prom
 
 
+def test_an_instance_writes_its_own_labelled_textfile(make_config_file: Callable[..., Path]) -> None:
+    config = load_config(make_config_file(top='instance = "wg0"'))
+    selection = select_server(config, rng=random.Random(7))
+    assert not (config.textfile_dir / "wg_failover.prom").exists()  # type: ignore[operator]
+    prom = (config.textfile_dir / "wg_failover_wg0.prom").read_text()  # type: ignore[operator]
+    assert f'vpn_server_info{{wg_instance="wg0",server="{selection.server}"}} 1\n' in prom
+
+
 def test_a_valid_state_is_restored_every_time(make_config_file: Callable[..., Path]) -> None:
     config = load_config(make_config_file())
     config.state_dir.mkdir()

@@ -91,6 +91,7 @@ def test_status_json_has_one_schema(switched: Config) -> None:
         "current",
         "health",
         "held_down",
+        "instance",
         "last_switches",
         "link",
         "local_fault",
@@ -98,6 +99,7 @@ def test_status_json_has_one_schema(switched: Config) -> None:
         "time",
         "tunnel_unit",
     ]
+    assert document["instance"] is None
     assert document["current"] == {"server": "server2", "problem": None}
     assert document["link"]["agrees"] is True and document["link"]["server"] == "server2"
     assert document["tunnel_unit"] == {
@@ -141,6 +143,16 @@ def test_status_on_a_fresh_install_says_what_is_missing(make_config_file: Callab
         f"link:          {config.active_link} does not exist (wg-select has not run)",
     ]
     assert "tunnel unit:   - (restart_command is not `systemctl restart UNIT`)" in text
+
+
+def test_status_of_an_instance_names_it_first(make_config_file: Callable[..., Path]) -> None:
+    config = load_config(make_config_file(top='instance = "wg1"'))
+    status = read_status(config, NOW, systemctl=running)
+    assert format_status(status).splitlines()[:2] == [
+        "instance:      wg1",
+        "server:        none (no server recorded yet)",
+    ]
+    assert status_to_json(status)["instance"] == "wg1"
 
 
 @pytest.mark.parametrize(
