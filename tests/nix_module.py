@@ -45,8 +45,10 @@ in
   failedAssertions = map (a: a.message) (lib.filter (a: !a.assertion) config.assertions);
   services = lib.mapAttrs (_: unit: unit // { path = map (p: p.name) unit.path; }) config.systemd.services;
   timers = config.systemd.timers;
-  smokeping = config.services.prometheus.exporters.smokeping;
-  etcConfig = config.environment.etc."wg-failover/config.toml".source;
+  smokeping = { inherit (config.services.prometheus.exporters.smokeping) enable hosts; };
+  prometheus = { inherit (config.services.prometheus) globalConfig scrapeConfigs; };
+  etcConfig = config.environment.etc."wg-failover/config.toml".source or null;
+  etc = lib.mapAttrs (_: file: file.source) config.environment.etc;
   tmpfiles = config.systemd.tmpfiles.rules;
 }
 """
@@ -76,7 +78,9 @@ def evaluate_module(config: dict[str, Any], *, nixpkgs_lib: Path, package_dir: P
     Given a NixOS configuration as JSON data, nixpkgs' lib/ and a directory
     standing in for the package (its bin/ runs the tool), evaluate the module
     and return the failed assertions' messages, the services, timers, the
-    smokeping exporter's settings, the /etc config and the tmpfiles rules.
+    smokeping exporter's settings, the Prometheus scrape configs and
+    global config, the /etc config of the unnamed instance (null without
+    one), every /etc file by name and the tmpfiles rules.
     Raise RuntimeError with Nix's message if evaluation fails.
     """
     with tempfile.TemporaryDirectory() as scratch:

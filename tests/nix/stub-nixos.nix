@@ -165,12 +165,38 @@ let
       type = types.attrsOf unit;
       default = { };
     };
+    services.prometheus.enable = mkOption {
+      type = types.bool;
+      default = false;
+    };
+    # nixpkgs' globalConfig is a submodule of typed keys; merged the same way.
+    services.prometheus.globalConfig.external_labels = mkOption {
+      type = types.attrsOf types.str;
+      default = { };
+    };
+    services.prometheus.scrapeConfigs = mkOption {
+      type = types.listOf types.anything;
+      default = [ ];
+    };
     services.prometheus.exporters.smokeping = {
       enable = mkOption {
         type = types.bool;
         default = false;
       };
       hosts = strs;
+      # nixpkgs' exporter defaults.
+      port = mkOption {
+        type = types.port;
+        default = 9374;
+      };
+      listenAddress = mkOption {
+        type = types.str;
+        default = "0.0.0.0";
+      };
+    };
+    networking.hostName = mkOption {
+      type = types.str;
+      default = "nixos";
     };
     networking.wg-quick.interfaces = mkOption {
       type = types.attrsOf (
