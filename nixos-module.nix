@@ -86,8 +86,10 @@ let
   # A unit's --config is the output of this check, so no unit can be built
   # with a configuration the tool would refuse at 3 a.m. with exit 78.
   checkedConfig =
-    name: value:
+    unsafeName: value:
     let
+      # An invalid instance name has its own assertion, which must be reached.
+      name = lib.strings.sanitizeDerivationName unsafeName;
       file = settingsFormat.generate name value;
     in
     if cfg.checkConfig then
@@ -113,7 +115,7 @@ let
   # An instance's name becomes part of unit names, paths, a Prometheus job
   # and the tool's `instance` key, so it is kept to what all of them accept.
   # `config` would take /etc/wg-failover/config.toml from the unnamed instance.
-  validInstanceName = name: builtins.match "[A-Za-z0-9][A-Za-z0-9_-]*" name != null && name != "config";
+  validInstanceName = name: builtins.match "[A-Za-z0-9][A-Za-z0-9_.-]{0,63}" name != null && name != "config";
 
   serverModule = {
     # Keys the module does not declare (e.g. a newer tool's) pass through to
@@ -560,8 +562,14 @@ let
         key: credential: "${credential}:${settings.prometheus.${key}}"
       ) givenCredentials;
 
-      # TOML has no null; unset typed options simply disappear.
-      renderedSettings = lib.filterAttrsRecursive (_: value: value != null) settings;
+      # TOML has no null; unset typed options simply disappear, and so does
+      # an empty [fleet] (a configuration without fleet options renders as
+      # it did before they existed).
+      renderedSettings =
+        let
+          given = lib.filterAttrsRecursive (_: value: value != null) settings;
+        in
+        if given.fleet == { } then removeAttrs given [ "fleet" ] else given;
 
       # TOML cannot expand $CREDENTIALS_DIRECTORY, and that directory is per unit
       # (/run/credentials/<unit>/), so each unit gets its own copy of the
@@ -726,7 +734,8 @@ let
       endpoints = lib.filter (endpoint: endpoint != null) (
         lib.mapAttrsToList (_: server: server.endpoint) allServers
       );
-      internalProber = lib.optionalAttrs internal.enable {
+      # A prober whose namespace is not chosen has its own assertion.
+      internalProber = lib.optionalAttrs (internal.enable && internal.netnsChosen) {
         # The network namespace it listens in, for the port collision check.
         namespace = if internal.netns == null then "the main network namespace" else internal.netns;
         inherit (internal) port listenAddress netns;
@@ -737,7 +746,7 @@ let
       assertions = [
         {
           assertion = name == null || validInstanceName name;
-          message = ''services.wg-failover.instances."${toString name}": an instance name is letters, digits, "-" and "_", starting with a letter or digit, and not "config" (it names units, /etc/wg-failover/<name>.toml and a Prometheus job).'';
+          message = ''services.wg-failover.instances."${toString name}": an instance name is 1 to 64 letters, digits, "_", "." or "-", starting with a letter or digit, and not "config" (it names units, /etc/wg-failover/<name>.toml and a Prometheus job).'';
         }
         {
           assertion = allServers != { };
@@ -950,7 +959,7 @@ let
       ];
 
       timers.${names.healthCheck} = {
-        description = "Run the WireGuard tunnel${lib.optionalString (name != null) " ${name}"}'s health check periodically";
+        description = "Run the WireGuard tunnel${lib.optionalString (name != null) " ${name}"} health check periodically";
         wantedBy = [ "timers.target" ];
         timerConfig = {
           OnBootSec = self.timer.onBootSec;

@@ -5,7 +5,9 @@
 #   `--check-config --offline` on every configuration it generates;
 # - module-<case> for each case of module-mistakes.json: an evaluation that
 #   must fail one assertion with exactly its message, or a generated
-#   configuration whose build must fail with the tool's exit code and message.
+#   configuration whose build must fail with the tool's exit code and message;
+# - module-instances: the `instances` configuration of module-mistakes.json
+#   (two named instances beside the unnamed one) accepted, with its units.
 #
 # tests/unit/test_packaging.py evaluates the same cases with nixpkgs' lib
 # alone, and these checks with a stand-in nixpkgs (tests/nix/stub-nixos.nix).
@@ -66,9 +68,35 @@ let
     '';
 
   named = check: lib.mapAttrs' (name: case: lib.nameValuePair "module-${name}" (check name case));
+
+  # Two named instances beside the unnamed one: accepted, each with its own
+  # units hooked into its own tunnel, and the whole system built (so every
+  # instance's configuration passes the tool's build-time check).
+  instances =
+    let
+      case = cases.instances;
+      system = evalSystem case.config;
+      services = system.config.systemd.services;
+      problems =
+        failedAssertions case.config
+        ++ map (unit: "missing unit ${unit}") (lib.filter (unit: !services ? ${unit}) case.units)
+        ++ lib.mapAttrsToList (tunnel: hook: "${tunnel} lacks OnFailure=${hook}") (
+          lib.filterAttrs (tunnel: hook: !lib.elem hook services.${tunnel}.onFailure) case.onFailure
+        );
+    in
+    pkgs.runCommand "wg-failover-module-instances" { } (
+      if problems == [ ] then
+        ''echo ${system.config.system.build.toplevel} > "$out"''
+      else
+        ''
+          echo ${lib.escapeShellArg (builtins.toJSON problems)} >&2
+          exit 1
+        ''
+    );
 in
 {
   module-system = (evalSystem { }).config.system.build.toplevel;
+  module-instances = instances;
 }
 // named refusedAtEvaluation cases.assertions
 // named refusedAtBuild cases.builds

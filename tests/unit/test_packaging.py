@@ -469,6 +469,15 @@ def test_the_mistakes_base_config_is_accepted_with_nixpkgs_wg_quick(evaluate: Ev
     assert result["services"]["prometheus-smokeping-vpn"]["partOf"] == ["wg-quick-wg0.service"]
 
 
+def test_the_instances_case_is_accepted_with_each_instances_units(evaluate: Evaluate) -> None:
+    case = MISTAKES["instances"]
+    result = evaluate(merged(MISTAKES["base"], case["config"]))
+    assert result["failedAssertions"] == []
+    assert set(case["units"]) <= set(result["services"])
+    for tunnel, hook in case["onFailure"].items():
+        assert result["services"][tunnel]["onFailure"] == [hook]
+
+
 @pytest.mark.parametrize("name", sorted(MISTAKES["assertions"]))
 def test_module_mistake_fails_evaluation_with_its_message(evaluate: Evaluate, name: str) -> None:
     case = MISTAKES["assertions"][name]
@@ -727,6 +736,268 @@ def test_module_with_no_server_anywhere_is_refused(evaluate: Evaluate) -> None:
     ]
 
 
+# --- Several tunnels: services.wg-failover.instances.<name> -----------------
+
+# Two tunnels, neither of them the unnamed instance: `office` run by nixpkgs'
+# wg-quick in the main namespace, `home` a unit of the user's own whose
+# tunnel lives in a namespace that another unit creates.
+TWO_INSTANCES: dict[str, Any] = {
+    "networking": {"wg-quick": {"interfaces": {"office": {"configFile": "/run/wg-failover/office/active.conf"}}}},
+    "systemd": {"services": {"home-tunnel": {"serviceConfig": {"ExecStart": "/bin/wg-quick up home"}}}},
+    "services": {
+        "wg-failover": {
+            "instances": {
+                "office": {
+                    "tunnelUnit": "wg-quick-office",
+                    "servers": {"office1": {"endpoint": "203.0.113.10"}, "office2": {"endpoint": "203.0.113.20"}},
+                    "settings": {"prometheus": {"url": "https://prometheus.example.com"}},
+                    "probers": {
+                        "external": {"enable": True},
+                        "internal": {"enable": True, "netns": None, "port": 9375},
+                    },
+                },
+                "home": {
+                    "tunnelUnit": "home-tunnel",
+                    "servers": {"ams1": {"endpoint": "198.51.100.1"}, "fra1": {"endpoint": "198.51.100.2"}},
+                    "timer": {"onUnitActiveSec": "30s"},
+                    "settings": {
+                        "prometheus": {"url": "https://prometheus.example.com"},
+                        "textfile_dir": "/var/lib/prometheus-node-exporter",
+                    },
+                    "probers": {
+                        "external": {"enable": True},
+                        "internal": {
+                            "enable": True,
+                            "netns": "/run/netns/home",
+                            "netnsUnit": "netns-home",
+                            "listenAddress": "10.200.0.2",
+                        },
+                    },
+                },
+            }
+        }
+    },
+}
+
+
+def instance_config(**options: object) -> dict[str, Any]:
+    """Return TWO_INSTANCES with options set directly under services.wg-failover."""
+    config: dict[str, Any] = json.loads(json.dumps(TWO_INSTANCES))
+    config["services"]["wg-failover"].update(options)
+    return config
+
+
+def units_of(instance: str) -> list[str]:
+    return [f"{unit}-{instance}" for unit in OWN_UNITS]
+
+
+def test_each_instance_gets_units_named_after_it_and_nothing_unnamed(evaluate: Evaluate) -> None:
+    result = evaluate(TWO_INSTANCES)
+    assert result["failedAssertions"] == []
+    ours = {name for name in result["services"] if name not in ("wg-quick-office", "home-tunnel")}
+    assert ours == {
+        *units_of("office"), "prometheus-smokeping-vpn-office",
+        *units_of("home"), "prometheus-smokeping-vpn-home",
+    }  # fmt: skip
+    assert set(result["timers"]) == {"wg-health-check-office", "wg-health-check-home"}
+    assert result["etcConfig"] is None
+    assert sorted(result["etc"]) == ["wg-failover/home.toml", "wg-failover/office.toml"]
+
+
+@pytest.mark.parametrize(("instance", "tunnel"), [("office", "wg-quick-office"), ("home", "home-tunnel")])
+def test_each_instance_hooks_into_its_own_tunnel(evaluate: Evaluate, instance: str, tunnel: str) -> None:
+    services = evaluate(TWO_INSTANCES)["services"]
+    assert services[tunnel]["onFailure"] == [f"wg-failover-{instance}.service"]
+    assert services[tunnel]["serviceConfig"]["Restart"] == "on-failure"
+    assert services[f"wg-select-{instance}"]["before"] == [f"{tunnel}.service"]
+    assert services[f"wg-select-{instance}"]["wantedBy"] == [f"{tunnel}.service"]
+    assert services[f"wg-health-check-{instance}"]["after"] == [f"{tunnel}.service"]
+    assert services[f"wg-failover-{instance}"]["serviceConfig"]["ExecStart"].endswith("--reason unit-failed")
+
+
+@pytest.mark.parametrize("instance", ["office", "home"])
+def test_each_instance_has_its_own_config_state_link_and_job(evaluate: Evaluate, instance: str) -> None:
+    result = evaluate(TWO_INSTANCES)
+    tunnel = TWO_INSTANCES["services"]["wg-failover"]["instances"][instance]["tunnelUnit"]
+    for unit in units_of(instance):
+        service = result["services"][unit]["serviceConfig"]
+        assert service["StateDirectory"] == f"wg-failover/{instance}"
+        assert service["ReadWritePaths"][0] == f"/run/wg-failover/{instance}"
+        # Built by the real tool's --check-config, which knows `instance`.
+        rendered = rendered_config(result["services"][unit])
+        assert rendered["instance"] == instance
+        assert rendered["state_dir"] == f"/var/lib/wg-failover/{instance}"
+        assert rendered["active_link"] == f"/run/wg-failover/{instance}/active.conf"
+        assert rendered["restart_command"] == ["systemctl", "restart", f"{tunnel}.service"]
+        assert rendered["health"]["selector"] == f'job="vpn-prober-{instance}"'
+        assert f"wg-failover-{unit}.toml" in str(config_file(result["services"][unit]))
+    by_hand = read_built(Path(result["etc"][f"wg-failover/{instance}.toml"]))
+    assert by_hand["instance"] == instance
+    assert f"d /run/wg-failover/{instance} 0755 root root -" in result["tmpfiles"]
+
+
+def test_each_instance_has_its_own_servers_timer_and_probers(evaluate: Evaluate) -> None:
+    result = evaluate(TWO_INSTANCES)
+    services, timers = result["services"], result["timers"]
+    assert set(rendered_config(services["wg-failover-office"])["servers"]) == {"office1", "office2"}
+    assert set(rendered_config(services["wg-failover-home"])["servers"]) == {"ams1", "fra1"}
+    assert timers["wg-health-check-office"]["timerConfig"]["OnUnitActiveSec"] == "1min"
+    assert timers["wg-health-check-home"]["timerConfig"]["OnUnitActiveSec"] == "30s"
+    assert timers["wg-health-check-home"]["wantedBy"] == ["timers.target"]
+
+    office = services["prometheus-smokeping-vpn-office"]
+    assert "NetworkNamespacePath" not in office["serviceConfig"]
+    assert "--web.listen-address=127.0.0.1:9375" in office["serviceConfig"]["ExecStart"]
+    assert office["partOf"] == ["wg-quick-office.service"]
+    home = services["prometheus-smokeping-vpn-home"]
+    assert home["serviceConfig"]["NetworkNamespacePath"] == "/run/netns/home"
+    assert "--web.listen-address=10.200.0.2:9374" in home["serviceConfig"]["ExecStart"]
+    assert home["partOf"] == ["home-tunnel.service", "netns-home.service"]
+    # One external exporter pings every instance's servers.
+    assert result["smokeping"] == {
+        "enable": True,
+        "hosts": ["198.51.100.1", "198.51.100.2", "203.0.113.10", "203.0.113.20"],
+    }
+
+
+def test_instances_share_a_textfile_dir_and_only_that(evaluate: Evaluate) -> None:
+    config = instance_config()
+    config["services"]["wg-failover"]["instances"]["office"]["settings"]["textfile_dir"] = (
+        "/var/lib/prometheus-node-exporter"
+    )
+    result = evaluate(config)
+    assert result["failedAssertions"] == []
+    for instance in ("office", "home"):
+        service = result["services"][f"wg-health-check-{instance}"]["serviceConfig"]
+        assert service["ReadWritePaths"] == [f"/run/wg-failover/{instance}", "/var/lib/prometheus-node-exporter"]
+
+
+def test_instance_secrets_are_credentials_of_its_own_units(evaluate: Evaluate) -> None:
+    config = instance_config()
+    settings = config["services"]["wg-failover"]["instances"]["home"]["settings"]
+    settings["prometheus"]["bearer_token_file"] = "/run/secrets/home-token"
+    result = evaluate(config)
+    for unit in units_of("home"):
+        service = result["services"][unit]
+        assert service["serviceConfig"]["LoadCredential"] == ["prometheus-bearer-token:/run/secrets/home-token"]
+        assert rendered_config(service)["prometheus"]["bearer_token_file"] == (
+            f"/run/credentials/{unit}.service/prometheus-bearer-token"
+        )
+    assert result["services"]["wg-select-office"]["serviceConfig"]["LoadCredential"] == []
+
+
+def test_a_mistake_in_one_instances_settings_fails_only_its_build(evaluate: Evaluate, tmp_path: Path) -> None:
+    config = instance_config()
+    config["services"]["wg-failover"]["instances"]["home"]["settings"]["health"] = {"treshold": 0.1}
+    result = evaluate(config)
+    built = build_stub(config_file(result["services"]["wg-health-check-home"]), tmp_path / "home")
+    assert built.returncode == 78
+    assert built.stderr.endswith(": health.treshold: unknown key (did you mean 'health.threshold'?)\n")
+    assert rendered_config(result["services"]["wg-health-check-office"])["instance"] == "office"
+
+
+def test_a_disabled_instance_installs_nothing(evaluate: Evaluate) -> None:
+    config = instance_config()
+    config["services"]["wg-failover"]["instances"]["home"]["enable"] = False
+    result = evaluate(config)
+    assert not [name for name in [*result["services"], *result["timers"]] if name.endswith("-home")]
+    assert result["services"]["home-tunnel"]["onFailure"] == []
+
+
+def test_the_unnamed_instance_keeps_todays_names_beside_named_ones(evaluate: Evaluate) -> None:
+    config = instance_config(**json.loads(json.dumps(BASE_CONFIG["services"]["wg-failover"])))
+    config["systemd"]["services"]["wg"] = TUNNEL
+    result = evaluate(config)
+    assert result["failedAssertions"] == []
+    services = result["services"]
+    assert services["wg"]["onFailure"] == ["wg-failover.service"]
+    assert services["wg-select"]["before"] == ["wg.service"]
+    assert services["wg-select"]["serviceConfig"]["StateDirectory"] == "wg-failover"
+    assert "wg-health-check" in result["timers"]
+    rendered = rendered_config(services["wg-failover"])
+    assert "instance" not in rendered
+    assert (rendered["state_dir"], rendered["active_link"]) == ("/var/lib/wg-failover", "/run/wg-failover/active.conf")
+    assert "selector" not in rendered["health"]  # the tool's job="vpn-prober"
+    assert rendered_config(services["wg-failover-office"])["instance"] == "office"
+    assert Path(result["etcConfig"]) == Path(result["etc"]["wg-failover/config.toml"])
+    assert sorted(result["etc"]) == ["wg-failover/config.toml", "wg-failover/home.toml", "wg-failover/office.toml"]
+
+
+# --- Fleet scope from the module ---------------------------------------------
+
+
+def fleet_config(**fleet: object) -> dict[str, Any]:
+    config = instance_config(fleet={"clientLabel": "wg_client", **fleet}, scrapeProbers=True)
+    config["networking"]["hostName"] = "laptop-17"
+    config["services"]["prometheus"] = {"enable": True}
+    return config
+
+
+def test_the_fleet_label_scopes_every_instance_to_this_host(evaluate: Evaluate) -> None:
+    result = evaluate(fleet_config())
+    assert result["failedAssertions"] == []
+    for instance in ("office", "home"):
+        for unit in units_of(instance):
+            rendered = rendered_config(result["services"][unit])  # the tool accepts the scope
+            assert rendered["fleet"] == {"client_label": "wg_client", "client": "laptop-17"}
+
+
+def test_the_fleet_label_goes_on_everything_this_hosts_prometheus_ships(evaluate: Evaluate) -> None:
+    prometheus = evaluate(fleet_config())["prometheus"]
+    assert prometheus["globalConfig"]["external_labels"] == {"wg_client": "laptop-17"}
+    # The jobs the default queries select, labelled as the scope expects.
+    label = {"wg_client": "laptop-17"}
+    assert prometheus["scrapeConfigs"] == [
+        {"job_name": "smokeping", "static_configs": [{"targets": ["127.0.0.1:9374"], "labels": label}]},
+        {"job_name": "vpn-prober-home", "static_configs": [{"targets": ["10.200.0.2:9374"], "labels": label}]},
+        {"job_name": "vpn-prober-office", "static_configs": [{"targets": ["127.0.0.1:9375"], "labels": label}]},
+    ]
+
+
+def test_each_instances_health_selector_matches_its_scrape_job(evaluate: Evaluate) -> None:
+    result = evaluate(fleet_config())
+    jobs = {config["job_name"] for config in result["prometheus"]["scrapeConfigs"]}
+    for instance in ("office", "home"):
+        selector = rendered_config(result["services"][f"wg-health-check-{instance}"])["health"]["selector"]
+        assert re.fullmatch(r'job="([^"]+)"', selector)[1] in jobs  # type: ignore[index]
+
+
+def test_an_explicit_fleet_client_wins_over_the_hostname(evaluate: Evaluate) -> None:
+    result = evaluate(fleet_config(client="vpn-client-0042"))
+    assert rendered_config(result["services"]["wg-select-home"])["fleet"]["client"] == "vpn-client-0042"
+    assert result["prometheus"]["globalConfig"]["external_labels"] == {"wg_client": "vpn-client-0042"}
+
+
+def test_the_fleet_label_leaves_prometheus_alone_when_asked_or_absent(evaluate: Evaluate) -> None:
+    assert evaluate(fleet_config(externalLabel=False))["prometheus"]["globalConfig"]["external_labels"] == {}
+    config = fleet_config()
+    config["services"]["prometheus"]["enable"] = False
+    config["services"]["wg-failover"]["scrapeProbers"] = False
+    result = evaluate(config)
+    assert result["failedAssertions"] == []
+    assert result["prometheus"] == {"globalConfig": {"external_labels": {}}, "scrapeConfigs": []}
+    # The tools are still scoped: the label may come from elsewhere (a central scrape config).
+    assert rendered_config(result["services"]["wg-failover-office"])["fleet"]["client_label"] == "wg_client"
+
+
+def test_without_fleet_options_nothing_is_scoped_or_labelled(evaluate: Evaluate) -> None:
+    config = with_options()
+    config["services"]["prometheus"] = {"enable": True}
+    result = evaluate(config)
+    assert "fleet" not in rendered_config(result["services"]["wg-failover"])
+    assert result["prometheus"] == {"globalConfig": {"external_labels": {}}, "scrapeConfigs": []}
+
+
+def test_scrape_probers_without_a_fleet_uses_the_jobs_alone(evaluate: Evaluate) -> None:
+    config = with_options(scrapeProbers=True, probers={"internal": {"enable": True, "netns": None, "port": 9375}})
+    config["services"]["prometheus"] = {"enable": True}
+    result = evaluate(config)
+    assert result["failedAssertions"] == []
+    assert result["prometheus"]["scrapeConfigs"] == [
+        {"job_name": "vpn-prober", "static_configs": [{"targets": ["127.0.0.1:9375"], "labels": {}}]},
+    ]
+
+
 # The flake's checks (tests/nix/module-checks.nix) with the stand-in nixpkgs:
 # each check's script, which the test runs as the builder would.
 FLAKE_CHECKS_HARNESS = r"""
@@ -757,7 +1028,7 @@ def test_the_flake_checks_refuse_every_mistake_as_the_unit_tests_do(
     assert result.returncode == 0, result.stderr
     checks = json.loads(result.stdout)
     expected = {f"module-{name}" for name in [*MISTAKES["assertions"], *MISTAKES["builds"]]}
-    assert set(checks) == {"module-system"} | expected
+    assert set(checks) == {"module-system", "module-instances"} | expected
     assert checks.pop("module-system") == "toplevel"
     for name, check in checks.items():
         script = json.loads(Path(check).read_text())["script"]
@@ -814,4 +1085,6 @@ def test_the_flakes_checks_are_the_package_and_the_module_checks(
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     cases = [*MISTAKES["assertions"], *MISTAKES["builds"]]
-    assert set(json.loads(result.stdout)) == {"package", "module-system"} | {f"module-{name}" for name in cases}
+    assert set(json.loads(result.stdout)) == {"package", "module-system", "module-instances"} | {
+        f"module-{name}" for name in cases
+    }
