@@ -1206,7 +1206,7 @@ in
       };
 
       services.prometheus.globalConfig.external_labels = mkIf (
-        cfg.fleet.externalLabel && config.services.prometheus.enable && instances != [ ]
+        cfg.fleet.externalLabel && config.services.prometheus.enable && instances != [ ] && fleetLabels != { }
       ) fleetLabels;
 
       services.prometheus.scrapeConfigs = mkIf (cfg.scrapeProbers && instances != [ ]) scrapeConfigs;

@@ -31,6 +31,7 @@ from tests.nix_module import (
     evaluate_module,
     read_built,
 )
+from tests.systemd.render import render_units
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -921,6 +922,32 @@ def test_the_unnamed_instance_keeps_todays_names_beside_named_ones(evaluate: Eva
     assert rendered_config(services["wg-failover-office"])["instance"] == "office"
     assert Path(result["etcConfig"]) == Path(result["etc"]["wg-failover/config.toml"])
     assert sorted(result["etc"]) == ["wg-failover/config.toml", "wg-failover/home.toml", "wg-failover/office.toml"]
+
+
+def test_each_instances_rendered_units_pass_systemd_analyze_verify(evaluate: Evaluate, tmp_path: Path) -> None:
+    require("systemd-analyze")
+    if not SYSTEM_UNIT_DIR.is_dir():
+        pytest.skip(f"{SYSTEM_UNIT_DIR} is missing; systemd's own units are needed")
+    result = evaluate(TWO_INSTANCES)
+    ours = [*units_of("office"), *units_of("home"), "prometheus-smokeping-vpn-office", "prometheus-smokeping-vpn-home"]
+    rendered = render_units({name: result["services"][name] for name in ours}, result["timers"])
+    root = tmp_path / "root"
+    shutil.copytree(SYSTEM_UNIT_DIR, root / "usr/lib/systemd/system", symlinks=True)
+    etc = root / "etc/systemd/system"
+    etc.mkdir(parents=True)
+    # The users' tunnels, as stand-ins the instances' units attach to.
+    for tunnel in ("wg-quick-office", "home-tunnel", "netns-home"):
+        (etc / f"{tunnel}.service").write_text("[Service]\nType=oneshot\nExecStart=/bin/true\n")
+    for name, text in rendered.files.items():
+        (etc / name).write_text(text)
+        for match in re.finditer(r"^Exec\w*=[-@:+!]*(/\S+)", text, re.MULTILINE):
+            binary = root / match.group(1).lstrip("/")
+            binary.parent.mkdir(parents=True, exist_ok=True)
+            binary.write_text("#!/bin/sh\nexit 0\n")
+            binary.chmod(binary.stat().st_mode | stat.S_IXUSR)
+    for name in rendered.files:
+        outcome = verify(root, name)
+        assert (outcome.returncode, outcome.stdout + outcome.stderr) == (0, ""), name
 
 
 # --- Fleet scope from the module ---------------------------------------------
