@@ -394,7 +394,8 @@ let
                   "ignore"
                 ]) "Whether a check without data counts as failed (tool default failure).";
                 failover_command = toolDefault (types.listOf types.str) ''
-                  Command (argv) run when the health check decides to fail over.
+                  Command (argv) run when the health check decides to fail over,
+                  e.g. `[ "systemctl" "start" "${names.failover}.service" ]`.
                   Null: switch in-process.
                 '';
                 interface = toolDefault types.str ''

@@ -950,6 +950,45 @@ def test_each_instances_rendered_units_pass_systemd_analyze_verify(evaluate: Eva
         assert (outcome.returncode, outcome.stdout + outcome.stderr) == (0, ""), name
 
 
+# The options' documentation, as NixOS's manual builds it: every visible
+# option's description and default, a named instance's computed from the
+# placeholder name.
+OPTION_DOCS_HARNESS = r"""
+{ libPath, stubPath, modulePath, packagePath }:
+let
+  lib = import libPath;
+  stub = import stubPath { inherit lib packagePath; };
+  eval = lib.evalModules { modules = stub.modules ++ [ modulePath ]; };
+  visible = lib.filter (o: o.visible && !o.internal) (lib.optionAttrSetToDocList eval.options.services.wg-failover);
+in
+lib.listToAttrs (map (o: lib.nameValuePair o.name { inherit (o) description; default = o.default.text or null; }) visible)
+"""
+
+
+def test_the_option_docs_evaluate_and_show_a_named_instances_own_defaults(
+    nixpkgs_lib: Path, package_dir: Path, tmp_path: Path
+) -> None:
+    harness = tmp_path / "option-docs.nix"
+    harness.write_text(OPTION_DOCS_HARNESS)
+    result = run(
+        [require("nix-instantiate"), "--eval", "--strict", "--json", str(harness),
+         "--arg", "libPath", str(nixpkgs_lib), "--arg", "stubPath", str(NIX_TESTS / "stub-nixos.nix"),
+         "--arg", "modulePath", str(ROOT / "nixos-module.nix"), "--argstr", "packagePath", str(package_dir)]
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    docs = json.loads(result.stdout)
+    instance = "services.wg-failover.instances.<name>"
+    assert docs[f"{instance}.settings.state_dir"]["default"] == '"/var/lib/wg-failover/\u2039name\u203a"'
+    assert docs[f"{instance}.settings.active_link"]["default"] == '"/run/wg-failover/\u2039name\u203a/active.conf"'
+    assert docs["services.wg-failover.settings.state_dir"]["default"] == '"/var/lib/wg-failover"'
+    # Declared once: every option of the unnamed instance exists per instance, and
+    # only package, checkConfig, instances, fleet and scrapeProbers are global.
+    top = {name.removeprefix("services.wg-failover.") for name in docs if not name.startswith(instance)}
+    per_instance = {name.removeprefix(f"{instance}.") for name in docs if name.startswith(f"{instance}.")}
+    shared = {"package", "checkConfig", "instances", "scrapeProbers"}
+    assert {name for name in top - per_instance if not name.startswith("fleet.")} == shared
+
+
 # --- Fleet scope from the module ---------------------------------------------
 
 
