@@ -30,13 +30,34 @@ Topology (every box is a network namespace named `wglID-...`)::
   died while its host still answers pings (Lab.set_wireguard_up), and
   tunnel loss inside a server (Lab.set_tunnel_loss). Lab.restart_count
   counts the tunnel restarts.
-- The internal prober ("vpn-prober" job) runs in the vpn namespace and pings
-  the two internet addresses through the tunnel.
+- The internal prober (job "vpn-prober", or Lab(internal_job=...)) runs in
+  the vpn namespace and pings the two internet addresses through the
+  tunnel.
 - Prometheus runs in the root namespace on 127.0.0.1; it scrapes the probers
   through loopback forwarders (wglab.forward), so nothing of the lab touches
   the root namespace's interfaces or addresses.
 - The tunnel is (re)built from `active_link` by `workdir/restart.py`
   (wglab.restart), the lab's `systemctl restart wg.service`.
+
+Several tunnels on one host (wg-failover instances) are several labs that
+share one Prometheus, as one host's Prometheus scrapes every prober on it::
+
+    a = Lab(servers=["a1", "a2"], prometheus=False, internal_job="vpn-prober-a")
+    b = Lab(servers=["b1", "b2"], prometheus=False, internal_job="vpn-prober-b", subnet_offset=2)
+    prometheus = PrometheusServer([*a.scrape_jobs, *b.scrape_jobs])   # after both are up
+    a.use_prometheus(prometheus); b.use_prometheus(prometheus)
+
+- subnet_offset moves the servers to 10.200.(offset+K).0/24, so the two
+  tunnels' endpoints are disjoint, as two VPN providers' are. Both external
+  probers are targets of the one "smokeping" job, as with the NixOS
+  module's instances: the ranking selects external probes by endpoint
+  address alone, so shared endpoints would mix both tunnels' views of them.
+- The internal probers need jobs of their own ("vpn-prober-NAME", the
+  module's names); each lab's write_config sets health.selector to its own.
+- Everything else (namespaces, the tunnel's and the internet addresses,
+  workdir, active_link, state_dir) is per lab and needs no change: the
+  random prefix keeps names unique, and namespaces keep equal addresses
+  apart. A lab never stops a Prometheus it was given (use_prometheus).
 
 Everything is torn down by teardown() (idempotent; also run at exit and on
 SIGTERM), and `python -m wglab.cleanup` removes leftovers of crashed labs.
@@ -149,10 +170,13 @@ class Lab:
         initial_server: str | None = None,
         prometheus: bool = True,
         keep_workdir: bool = False,
+        subnet_offset: int = 0,
+        internal_job: str = "vpn-prober",
     ) -> None:
         names = [f"server{i}" for i in range(1, servers + 1)] if isinstance(servers, int) else list(servers)
-        if not 1 <= len(names) <= 200:  # 10.200.K.0/24 per server, K < 250
-            raise ValueError("a lab has 1..200 servers")
+        # 10.200.K.0/24 per server, K < 250 (.250 and .254 are taken).
+        if not names or subnet_offset < 0 or subnet_offset + len(names) > 200:
+            raise ValueError("a lab has 1..200 servers, subnet_offset + servers <= 200")
         for name in names:
             if not SERVER_NAME_RE.match(name):
                 raise ValueError(f"server name {name!r} must match {SERVER_NAME_RE.pattern}")
@@ -166,6 +190,9 @@ class Lab:
         self.scrape_interval = scrape_interval
         self.initial_server = initial_server or names[0]
         self.with_prometheus = prometheus
+        self.subnet_offset = subnet_offset
+        self.internal_job = internal_job
+        self._owns_prometheus = prometheus
 
         self.router_ns = f"{self.prefix}-router"
         self.vpn_ns = f"{self.prefix}-vpn"
@@ -173,7 +200,7 @@ class Lab:
         self.server_ns = {name: f"{self.prefix}-{name}" for name in names}
         self.server_iface = {name: f"{self.prefix}s{i}" for i, name in enumerate(names, 1)}
         self.client_iface = f"{self.prefix}c"
-        self.endpoint_ip = {name: f"10.200.{i}.2" for i, name in enumerate(names, 1)}
+        self.endpoint_ip = {name: f"10.200.{subnet_offset + i}.2" for i, name in enumerate(names, 1)}
         self.config_dir = self.workdir / "configs"
         self.active_link = self.workdir / "wg-active.conf"
         self.state_dir = self.workdir / "state"
@@ -236,16 +263,16 @@ class Lab:
         netns.add_address(self.router_ns, "to-mon", "10.200.254.1/24")
         netns.add_address(self.mon_ns, "eth0", "10.200.254.2/24")
         for i, name in enumerate(self.server_names, 1):
-            ns = self.server_ns[name]
+            ns, net = self.server_ns[name], f"10.200.{self.subnet_offset + i}"
             netns.add_veth(self.router_ns, f"to-s{i}", ns, "eth0")
-            netns.add_address(self.router_ns, f"to-s{i}", f"10.200.{i}.1/24")
-            netns.add_address(ns, "eth0", f"10.200.{i}.2/24")
-            netns.add_route(ns, "10.200.0.0/24", via=f"10.200.{i}.1")
-            netns.add_route(ns, "10.200.254.0/24", via=f"10.200.{i}.1")
-            netns.add_route(self.mon_ns, f"10.200.{i}.0/24", via="10.200.254.1")
+            netns.add_address(self.router_ns, f"to-s{i}", f"{net}.1/24")
+            netns.add_address(ns, "eth0", f"{net}.2/24")
+            netns.add_route(ns, "10.200.0.0/24", via=f"{net}.1")
+            netns.add_route(ns, "10.200.254.0/24", via=f"{net}.1")
+            netns.add_route(self.mon_ns, f"{net}.0/24", via="10.200.254.1")
             # Only the endpoints are routed via the router: the internet
             # addresses must never be reachable outside the tunnel.
-            netns.add_route(self.vpn_ns, f"10.200.{i}.0/24", via="10.200.0.1")
+            netns.add_route(self.vpn_ns, f"{net}.0/24", via="10.200.0.1")
             for addr in INTERNET_ADDRESSES:
                 netns.add_address(ns, "lo", f"{addr}/32")
 
@@ -310,14 +337,32 @@ class Lab:
         self.internal_prober.start()
         if self.with_prometheus:
             self.prometheus = PrometheusServer(
-                [
-                    ("smokeping", [self.external_prober.scrape_target]),
-                    ("vpn-prober", [self.internal_prober.scrape_target]),
-                ],
+                self.scrape_jobs,
                 scrape_interval=self.scrape_interval,
                 workdir=self.workdir / "prometheus",
             )
             self.prometheus.start()
+
+    @property
+    def scrape_jobs(self) -> list[tuple[str, list[str]]]:
+        """Given a lab that is up, return its probers as (job, [target])
+        pairs for a Prometheus scrape config: its own Prometheus's, or one
+        shared by several labs (see use_prometheus)."""
+        if self.external_prober is None or self.internal_prober is None:
+            raise RuntimeError("the lab's probers are not running yet (call up() first)")
+        return [
+            ("smokeping", [self.external_prober.scrape_target]),
+            (self.internal_job, [self.internal_prober.scrape_target]),
+        ]
+
+    def use_prometheus(self, server: PrometheusServer) -> None:
+        """Given a running Prometheus that scrapes this lab's probers (its
+        scrape_jobs among others), query it and point configs at it from
+        now on; teardown leaves it running (its starter stops it). Raise
+        ValueError if the lab runs its own."""
+        if self._owns_prometheus:
+            raise ValueError("this lab runs its own Prometheus; build it with prometheus=False")
+        self.prometheus = server
 
     # ------------------------------------------------------------- operations
     @property
@@ -472,11 +517,17 @@ class Lab:
         every server endpoint and both internet addresses."""
         if self.prometheus is None:
             return
+        # By host: another lab's external prober may share the job.
+        hosts = "|".join(self.endpoint_ip.values())
         self.prometheus.wait_for_series(
-            'rate(smokeping_requests_total{job="smokeping"}[5s]) > 0', timeout, min_series=len(self.server_names)
+            f'rate(smokeping_requests_total{{job="smokeping",host=~"{hosts}"}}[5s]) > 0',
+            timeout,
+            min_series=len(self.server_names),
         )
         self.prometheus.wait_for_series(
-            'rate(smokeping_requests_total{job="vpn-prober"}[5s]) > 0', timeout, min_series=len(INTERNET_ADDRESSES)
+            f'rate(smokeping_requests_total{{job="{self.internal_job}"}}[5s]) > 0',
+            timeout,
+            min_series=len(INTERNET_ADDRESSES),
         )
 
     def endpoint_loss(self, window: str = "5s") -> dict[str, float]:
@@ -497,7 +548,7 @@ class Lab:
         series, as the health check's default query sees it (None: no data)."""
         if self.prometheus is None:
             raise RuntimeError("this lab runs without Prometheus")
-        sel = 'job="vpn-prober"'
+        sel = f'job="{self.internal_job}"'
         result = self.prometheus.query(
             f"1 - sum(rate(smokeping_response_duration_seconds_count{{{sel}}}[{window}]))"
             f" / sum(rate(smokeping_requests_total{{{sel}}}[{window}]))"
@@ -537,7 +588,13 @@ class Lab:
             "servers": {n: {"endpoint": self.endpoint_ip[n]} for n in self.server_names},
             "prometheus": {"url": self.prometheus.url if self.prometheus else "http://127.0.0.1:9", "timeout": 5},
             "failover": {"window": "30s"},
-            "health": {"threshold": 0.15, "max_failures": 3, "window": "60s", "min_window": "5s"},
+            "health": {
+                "threshold": 0.15,
+                "max_failures": 3,
+                "window": "60s",
+                "min_window": "5s",
+                "selector": f'job="{self.internal_job}"',
+            },
         }
 
     def write_config(self, path: Path | str, **overrides: Any) -> Path:
@@ -560,7 +617,8 @@ class Lab:
             self._torn_down = True
         # Stop in reverse order of start so nothing scrapes or pings a
         # vanished peer for long; each step is independent of the others.
-        for comp in (self.prometheus, self.internal_prober, self.external_prober):
+        own_prometheus = self.prometheus if self._owns_prometheus else None
+        for comp in (own_prometheus, self.internal_prober, self.external_prober):
             if comp is not None:
                 try:
                     comp.stop()

@@ -88,13 +88,18 @@ def scrape_config(scrape_jobs: ScrapeJobs, scrape_interval: float | str = "1s") 
 
     scrape_timeout is set to the interval because Prometheus rejects a
     timeout longer than the interval, and its default (10s) is longer than
-    the 1s we use in tests.
+    the 1s we use in tests. A job named twice is one job with both target
+    lists (Prometheus refuses a duplicate job_name): several labs' external
+    probers share the "smokeping" job, as one host's instances do.
     """
     interval = format_duration(scrape_interval)
+    jobs: dict[str, list[str]] = {}
+    for job, targets in scrape_jobs:
+        jobs.setdefault(job, []).extend(targets)
     return {
         "global": {"scrape_interval": interval, "scrape_timeout": interval},
         "scrape_configs": [
-            {"job_name": job, "static_configs": [{"targets": list(targets)}]} for job, targets in scrape_jobs
+            {"job_name": job, "static_configs": [{"targets": targets}]} for job, targets in jobs.items()
         ],
     }
 
