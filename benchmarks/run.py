@@ -1,11 +1,16 @@
 """`make bench`: run the benchmarks and print the results as markdown.
 
-    python -m benchmarks.run [--seed-dir PATH] [--quick] [--only NAME ...] [--restore]
+    python -m benchmarks.run [--seed-dir PATH] [--quick] [--only NAME ...] [--full-fleet] [--restore]
 
 The original article's scripts are taken from --seed-dir (default
 ../shared/anchors/seed beside the repository) and run side by side with
 ours; if they are not there, only ours is measured. The output is the body
 of docs/performance.md: paste it there with the command you ran.
+
+The fleet benchmark (benchmarks/fleet.py) runs with 100 deciding clients
+unless --full-fleet: the backend holds all 1,000 clients' series either
+way, so its query latencies are at full size, but the spread table of 1,000
+decisions takes about ten minutes more.
 """
 
 from __future__ import annotations
@@ -16,9 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import cold_start, common, hung_prometheus, ranking, restore
+from benchmarks import cold_start, common, fleet, hung_prometheus, ranking, restore
 
-BENCHMARKS = ("ranking", "hung", "cold-start")
+BENCHMARKS = ("ranking", "hung", "cold-start", "fleet")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -36,6 +41,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="fewer runs and N up to 300 only (a smoke run)")
     parser.add_argument(
         "--only", action="append", choices=BENCHMARKS, help="run only this benchmark (repeatable; default: all)"
+    )
+    parser.add_argument(
+        "--full-fleet",
+        action="store_true",
+        help=f"let all {fleet.CLIENTS} clients of the fleet benchmark decide (about ten minutes more; "
+        f"default: {fleet.QUICK_CLIENTS})",
     )
     parser.add_argument(
         "--restore",
@@ -69,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     if "cold-start" in chosen:
         entries, costs, total = cold_start.measure(seed_dir, quick=args.quick)
         sections += ["", "## Cold start", "", cold_start.report(entries, costs, total)]
+    if "fleet" in chosen:
+        results = fleet.measure(quick=args.quick or not args.full_fleet)
+        sections += ["", "## A fleet on one backend", "", fleet.report(results)]
     if args.restore:
         why = restore.lab_missing()
         if why:

@@ -6,8 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from benchmarks import fleet
 from benchmarks.common import markdown_table
 from benchmarks.promdata import make_endpoints, write_openmetrics
+from wgfailover.config import parse_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -17,8 +19,44 @@ def test_run_help_lists_its_options() -> None:
         [sys.executable, "-m", "benchmarks.run", "--help"], cwd=REPO_ROOT, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
-    for option in ("--seed-dir", "--quick", "--only", "--restore"):
+    for option in ("--seed-dir", "--quick", "--only", "--full-fleet", "--restore"):
         assert option in result.stdout
+    assert "fleet" in result.stdout.split("--only")[1]
+
+
+def test_fleet_help_says_what_quick_does() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.fleet", "--help"], cwd=REPO_ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"{fleet.QUICK_CLIENTS} clients decide" in result.stdout
+
+
+def test_the_recorded_query_settings_are_valid_and_read_only_recorded_series(tmp_path: Path) -> None:
+    rules = (REPO_ROOT / "docs" / "recording-rules.yml").read_text()
+    recorded = {line.split("record:")[1].strip() for line in rules.splitlines() if "record:" in line}
+    for scope, failover in fleet.RECORDED_RANKING.items():
+        config = fleet.recorded_config(tmp_path, "http://127.0.0.1:1", "client-0001", scope)
+        assert config.failover.query == failover["query"]
+        assert config.health.query == fleet.RECORDED_HEALTH_QUERY
+    queries = [query for settings in fleet.RECORDED_RANKING.values() for query in settings.values()]
+    for query in [*queries, fleet.RECORDED_HEALTH_QUERY]:
+        assert [name for name in recorded if name + "{" in query], query
+        assert "smokeping_" not in query.replace(":smokeping_", ":"), query
+
+
+def test_docs_show_the_recorded_query_settings_the_benchmark_measures() -> None:
+    fleets = (REPO_ROOT / "docs" / "fleets.md").read_text()
+    for settings in fleet.RECORDED_RANKING.values():
+        for key, query in settings.items():
+            assert f"{key} = '{query}'" in fleets
+    assert f"query = '{fleet.RECORDED_HEALTH_QUERY}'" in fleets
+
+
+def test_every_tenth_client_of_the_fleet_has_a_failing_tunnel() -> None:
+    failing = fleet.failing_tunnels()
+    assert len(failing) == fleet.CLIENTS // 10
+    assert fleet.TUNNEL_FAILING_LOSS > parse_config({"servers": {"a": {}}}, Path("c.toml")).health.threshold
 
 
 def test_the_last_endpoint_is_the_clear_best() -> None:

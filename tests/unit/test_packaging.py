@@ -198,6 +198,12 @@ def test_alert_rules_pass_promtool() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_recording_rules_pass_promtool() -> None:
+    promtool = require("promtool")
+    result = run([promtool, "check", "rules", str(ROOT / "docs" / "recording-rules.yml")])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def load_dashboard() -> dict[str, Any]:
     return json.loads((ROOT / "docs" / "grafana-dashboard.json").read_text())
 
