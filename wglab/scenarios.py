@@ -367,7 +367,8 @@ class Runner:
             wait_until(self.lab.ping_through_tunnel, 30, 0.5, what="a ping through the tunnel")
             # Short rate() windows can still hold the previous scenario's
             # losses for a few seconds after the rules are gone.
-            wait_until(self.lab.is_clean, timeout, 0.5, what="Prometheus showing no loss over the last 5s")
+            window = self.lab.clean_window
+            wait_until(self.lab.is_clean, timeout, 0.5, what=f"Prometheus showing no loss over the last {window}")
         except TimeoutError as exc:
             raise ScenarioError(f"the lab did not settle: {exc}") from exc
         if not checks:
@@ -954,10 +955,10 @@ def all_down(runner: Runner, checks_after: int = 5) -> Outcome:
 
 # ------------------------------------------------- preferred servers, failback
 
-# The lab's failback_after unless the config sets one: at least four
-# min_window slices, short enough that a scenario takes about a minute.
+# The lab's failback_after unless the config sets one: four min_window
+# slices (20s at the lab's default cadence), short enough that a scenario
+# takes about a minute.
 LAB_FAILBACK_SLICES = 4
-LAB_FAILBACK_AFTER = 20.0
 # Injected loss of a preferred server that flaps: far above any threshold
 # the lab uses, yet not an outage.
 FLAP_LOSS = 50.0
@@ -975,7 +976,7 @@ def preferred_runner(
     Given a runner, return one on the same lab and state directory whose
     config puts the first server in tier 1 and the others in tier 2. With
     failback, failback_after is the config's, else the lab's
-    (LAB_FAILBACK_AFTER, at least LAB_FAILBACK_SLICES x min_window) with
+    (LAB_FAILBACK_SLICES x min_window) with
     hold_down no longer than it; without, failback is off. hold_down and
     probation, if given, replace the config's.
     """
@@ -984,7 +985,7 @@ def preferred_runner(
     if not failback:
         failover["failback_after"] = None
     elif runner.config.failover.failback_after is None:
-        after = max(LAB_FAILBACK_AFTER, LAB_FAILBACK_SLICES * runner.config.health.min_window)
+        after = LAB_FAILBACK_SLICES * runner.config.health.min_window
         failover["failback_after"] = after
         failover["hold_down"] = min(runner.config.failover.hold_down, after)
     if hold_down is not None:

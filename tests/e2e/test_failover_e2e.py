@@ -9,6 +9,11 @@ health.min_window of new tunnel samples since the previous check (polling
 Prometheus, never sleeping). Nothing asserts on wall-clock time; the frozen
 Prometheus test prints how long wg-failover took.
 
+The lab runs at twice the demo's cadence (probers ping every 100 ms,
+Prometheus scrapes every 500 ms): its windows are counted in pings
+(wglab.lab.MIN_WINDOW_PINGS), so every check judges as many samples as the
+demo's, in half the time, and the tests count checks, not seconds.
+
 The lab needs root and the Debian binaries; those tests are skipped with the
 reason otherwise. The tests of how a user's config is mapped onto the lab
 run everywhere.
@@ -27,11 +32,12 @@ from pathlib import Path
 
 import pytest
 
-from wgfailover.config import load_config
+from wgfailover.config import format_duration, load_config
 from wgfailover.state import CheckRecord, StateDir, SwitchRecord
 from wglab.lab import Lab
 from wglab.processes import wait_until
 from wglab.scenarios import (
+    LAB_FAILBACK_SLICES,
     REQUIRED_BINARIES,
     Runner,
     all_down,
@@ -63,7 +69,7 @@ def lab() -> Iterator[Lab]:
         pytest.skip("the lab needs root (network namespaces, nftables, TUN)")
     if MISSING:
         pytest.skip(f"missing binaries: {', '.join(MISSING)} (run .ci/run or apt install)")
-    with Lab(servers=3) as built:
+    with Lab(servers=3, ping_interval="100ms", scrape_interval="500ms") as built:
         built.wait_for_metrics(timeout=60)
         yield built
 
@@ -232,8 +238,9 @@ def test_failback_returns_to_the_preferred_server_exactly_once_within_failback_a
     assert outcome.ok, outcome.describe()
     history = runner.state.read_history()
     failbacks = [record for record in history if record.reason.startswith("failback")]
+    after = format_duration(LAB_FAILBACK_SLICES * runner.config.health.min_window)
     assert [(r.from_server, r.to_server, r.reason) for r in failbacks] == [
-        (failbacks[0].from_server, "server1", "failback: server1 healthy for 20s")
+        (failbacks[0].from_server, "server1", f"failback: server1 healthy for {after}")
     ]
     assert failbacks[0].from_server in ("server2", "server3")
     assert history[-1] == failbacks[0]  # nothing switched after it
@@ -374,9 +381,10 @@ def test_with_prometheus_unreachable_the_real_wireguard_handshake_decides(
 
 # --- the replay of the live rule ----------------------------------------------------
 
-# The timer's period for the live-versus-replay test, and how long after each
-# tick the live check runs (Prometheus scrapes the lab's probers every second).
-PERIOD = 10.0
+# The timer's period for the live-versus-replay test (at least the lab's
+# min_window), and how long after each tick the live check runs (Prometheus
+# scrapes the lab's probers every 500 ms).
+PERIOD = 5.0
 TICK_OFFSET = 1.0
 
 
