@@ -1,6 +1,6 @@
-"""The internal prober as contrib/systemd/prometheus-smokeping-vpn.service
-runs it on Debian: its tunnel job holds exactly the targets of its own
-config file, never the `localhost` of Debian's default config.
+"""The internal prober as contrib/systemd/prometheus-smokeping-vpn@.service
+runs it on Debian (instance wg0): its tunnel job holds exactly the targets
+of its own config file, never the `localhost` of Debian's default config.
 
 The real prometheus-smokeping-prober runs with the unit's own ExecStart
 arguments (only the config path points at the file shipped beside it) in a
@@ -27,16 +27,21 @@ from wglab.processes import wait_until
 pytestmark = pytest.mark.integration
 
 UNITS = Path(__file__).resolve().parents[2] / "contrib" / "systemd"
-UNIT = UNITS / "prometheus-smokeping-vpn.service"
+UNIT = UNITS / "prometheus-smokeping-vpn@.service"
+INSTANCE = "wg0"
 TARGETS_FILE = UNITS / "smokeping-vpn.yml"
 DEBIAN_DEFAULT = Path("/etc/prometheus/smokeping_prober.yml")
 
 
-def exec_start(unit: Path) -> list[str]:
-    """Given a unit file, return its ExecStart= as argv."""
-    match = re.search(r"^ExecStart=(.+)$", unit.read_text(), re.MULTILINE)
+def exec_start(unit: Path, instance: str = INSTANCE) -> list[str]:
+    """Given a template unit file and an instance, return its ExecStart= as
+    argv as systemd runs it: %i is the instance, ${VAR} the unit's own
+    Environment= default (no /etc/default file overrides it here)."""
+    text = unit.read_text().replace("%i", instance)
+    match = re.search(r"^ExecStart=(.+)$", text, re.MULTILINE)
     assert match, f"no ExecStart= in {unit}"
-    return shlex.split(match.group(1))
+    environment = dict(re.findall(r"^Environment=(\w+)=(\S*)$", text, re.MULTILINE))
+    return [re.sub(r"\$\{(\w+)\}", lambda m: environment[m.group(1)], arg) for arg in shlex.split(match.group(1))]
 
 
 def configured_hosts(config: Path) -> list[str]:
@@ -102,7 +107,8 @@ def run_prober(namespace: str, argv: list[str], log: Path) -> set[str]:
 def test_the_internal_prober_unit_reads_only_its_own_targets(namespace: str, tmp_path: Path) -> None:
     argv = exec_start(UNIT)
     config_flags = [a for a in argv if a.startswith("--config.file=")]
-    assert config_flags == ["--config.file=/etc/prometheus/smokeping-vpn.yml"]
+    assert config_flags == [f"--config.file=/etc/prometheus/smokeping-vpn-{INSTANCE}.yml"]
+    assert "--web.listen-address=0.0.0.0:9374" in argv  # the default port
     argv = [f"--config.file={TARGETS_FILE}" if a in config_flags else a for a in argv]
     hosts = run_prober(namespace, argv, tmp_path / "prober.log")
     assert hosts == set(configured_hosts(TARGETS_FILE)) == {"198.41.0.4", "192.33.4.12"}

@@ -49,6 +49,13 @@ SERVER_CONFIG_DIR = "/etc/wireguard/servers"
 TOKEN_PATH = "/etc/wg-failover/prometheus-token"
 # The server wg-select finds recorded at boot (as after an earlier boot).
 RECORDED_SERVER = "server2"
+# The plain units' instances: wg0 runs the tunnel the scenarios drive; wg1
+# only shares the boot, to show two instances keep their state and
+# textfiles apart (its own server recorded, a health check that never
+# fails over, a restart that restarts nothing).
+INSTANCE = "wg0"
+SECOND_INSTANCE = "wg1"
+SECOND_RECORDED_SERVER = "server3"
 # A path outside every ReadWritePaths=: the sandbox must refuse it.
 DENIED_PATH = "/etc/wg-failover/written-from-the-sandbox"
 # Short cadence: checks every 5 s, each judging at most 10 s of data, two bad
@@ -59,7 +66,6 @@ HEALTH_SETTINGS = {
     "max_failures": 2,
     "window": "10s",
     "min_window": "5s",
-    "failover_command": ["systemctl", "start", "wg-failover.service"],
 }
 TIMER = {"OnBootSec": "15s", "OnUnitActiveSec": "5s", "RandomizedDelaySec": "0", "AccuracySec": "1s"}
 # A name that never resolves: with no DNS server in the namespace the
@@ -187,49 +193,93 @@ def install_package(box: SystemdContainer) -> Path:
 
 
 # ---------------------------------------------------------------- installing
+@dataclass(frozen=True)
+class ToolUnits:
+    """The names of one instance's units: plain (`wg-select.service`) or
+    templated (`wg-select@wg0.service`)."""
+
+    select: str
+    failover: str
+    health: str
+    timer: str
+
+    @classmethod
+    def named(cls, instance: str | None) -> ToolUnits:
+        """Given an instance (None: the single, untemplated set), return its unit names."""
+        at = "" if instance is None else f"@{instance}"
+        return cls(
+            f"wg-select{at}.service",
+            f"wg-failover{at}.service",
+            f"wg-health-check{at}.service",
+            f"wg-health-check{at}.timer",
+        )
+
+    @property
+    def services(self) -> tuple[str, str, str]:
+        return (self.select, self.failover, self.health)
+
+
+@dataclass
+class SecondInstance:
+    """A second instance booted beside the first, without a tunnel of its own."""
+
+    instance: str
+    units: ToolUnits
+    active_link: str
+    state_dir: str
+    recorded_server: str
+
+
 @dataclass
 class Installed:
     """What one way of installing the units put into the container."""
 
     flavour: str
+    instance: str | None  # the config's `instance` (None: unset)
+    units: ToolUnits
     tunnel_unit: str  # e.g. "wg-quick@wg0.service"
     interface: str  # the WireGuard interface the tunnel unit brings up
     active_link: str
     state_dir: str
     textfile_dir: str
     config_dir: str
-    # The config file each unit runs with, inside the container.
+    # The config file each unit (by full name) runs with, inside the container.
     unit_configs: dict[str, str]
     token: str
+    second: SecondInstance | None = None
 
 
 def install_lab_files(box: SystemdContainer, lab: Lab, token: str) -> None:
     """Given a mounted container and a lab, install what an administrator
     provides before the units: one WireGuard config per server (root-only),
-    the Prometheus token (root-only), the recorded server in the state
-    directory, an empty resolver (no DNS in the lab), and the node_exporter
-    textfile directory."""
+    the Prometheus token (root-only), an empty resolver (no DNS in the lab),
+    and the node_exporter textfile directory."""
     for name in lab.server_names:
         box.install_file(f"{SERVER_CONFIG_DIR}/{name}", (lab.config_dir / name).read_text(), 0o600)
     box.install_file(TOKEN_PATH, token + "\n", 0o600)
-    state = box.path("/var/lib/wg-failover")
-    state.mkdir(parents=True, exist_ok=True)
-    os.chmod(state, 0o700)
-    box.install_file("/var/lib/wg-failover/current", RECORDED_SERVER + "\n", 0o600)
     box.install_file("/etc/resolv.conf", "nameserver 127.0.0.1\n")
     box.remove(DENIED_PATH)
 
 
-def tool_settings(lab: Lab, gate: PrometheusGate, **paths: Any) -> dict[str, Any]:
-    """Given the lab, the gate and the install's paths, return the
-    wg-failover settings both installs share."""
+def record_server(box: SystemdContainer, state_dir: str, server: str) -> None:
+    """Given a mounted container, a state directory and a server, record
+    the server there, as an earlier boot would have left it."""
+    for directory in (box.path("/var/lib/wg-failover"), box.path(state_dir)):
+        directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(directory, 0o700)
+    box.install_file(f"{state_dir}/current", server + "\n", 0o600)
+
+
+def tool_settings(lab: Lab, gate: PrometheusGate, failover_unit: str, **paths: Any) -> dict[str, Any]:
+    """Given the lab, the gate, the unit a failed health check starts and
+    the install's paths, return the wg-failover settings both installs share."""
     settings = merge(
         lab.config_dict(),
         {
             "servers": {name: {"endpoint": lab.endpoint_ip[name]} for name in lab.server_names},
             "prometheus": {"url": gate.url, "timeout": 5, "bearer_token_file": TOKEN_PATH},
             "failover": {"window": "10s"},
-            "health": HEALTH_SETTINGS,
+            "health": {**HEALTH_SETTINGS, "failover_command": ["systemctl", "start", failover_unit]},
         },
     )
     return merge(settings, paths)
@@ -239,52 +289,96 @@ def install_contrib(box: SystemdContainer, lab: Lab, gate: PrometheusGate, scrip
     """Given a mounted, powered-off container, install the plain units of
     contrib/systemd/ as its README says for Debian: the commands in
     /usr/local/bin (links to this checkout's installed scripts, as `pipx
-    install --global` makes them), the units in /etc/systemd/system, the
-    drop-in for wg-quick@wg0 (Debian's own wg-quick@.service runs the
-    tunnel), the timer enabled. Test-only drop-ins shorten the timer and
-    add one write outside the sandbox's writable paths."""
+    install --global` makes them), the templates in /etc/systemd/system,
+    the drop-in for wg-quick@wg0 (Debian's own wg-quick@.service runs the
+    tunnel), /etc/wg-failover/wg0.toml with `instance = "wg0"` and the
+    instance's defaults for state_dir and restart_command, the timer
+    enabled. A second instance, wg1, gets its config, its recorded server,
+    wg-select@wg1 at boot and an enabled timer, but no tunnel. Test-only
+    drop-ins shorten the timers and add one write outside the sandbox's
+    writable paths."""
     install_lab_files(box, lab, gate.token)
     for command in ("wg-select", "wg-failover", "wg-health-check"):
         box.install_symlink(f"/usr/local/bin/{command}", scripts / command)
     for unit in sorted(CONTRIB.glob("*.service")) + sorted(CONTRIB.glob("*.timer")):
         box.install_file(UNIT_DIR / unit.name, unit.read_text())
     box.install_file(
-        UNIT_DIR / "wg-quick@wg0.service.d/wg-failover.conf",
+        UNIT_DIR / f"wg-quick@{INSTANCE}.service.d/wg-failover.conf",
         (CONTRIB / "wg-quick@.service.d/wg-failover.conf").read_text(),
     )
+    units = ToolUnits.named(INSTANCE)
     # One empty OnBootSec= clears every trigger of the timer (OnUnitActiveSec=
     # too: they are one list), so the reset comes once, before both values.
+    # On the template: every instance's timer gets the test cadence.
     timer_lines = "".join(f"{key}={value}\n" for key, value in TIMER.items())
-    box.install_file(UNIT_DIR / "wg-health-check.timer.d/test-cadence.conf", f"[Timer]\nOnBootSec=\n{timer_lines}")
+    box.install_file(UNIT_DIR / "wg-health-check@.timer.d/test-cadence.conf", f"[Timer]\nOnBootSec=\n{timer_lines}")
     box.install_file(
-        UNIT_DIR / "wg-select.service.d/test-denied-write.conf",
+        UNIT_DIR / f"{units.select}.d/test-denied-write.conf",
         f"[Service]\nExecStartPre=-/bin/sh -c 'echo x > {DENIED_PATH}'\n",
     )
+    textfile_dir = "/var/lib/prometheus/node-exporter"
+    settings = instance_settings(lab, gate, INSTANCE, textfile_dir)
+    state_dir = f"/var/lib/wg-failover/{INSTANCE}"
+    config = f"/etc/wg-failover/{INSTANCE}.toml"
+    box.install_file(config, to_toml(settings), 0o644)
+    record_server(box, state_dir, RECORDED_SERVER)
+    second = install_second_instance(box, lab, gate, textfile_dir)
+    box.path(textfile_dir).mkdir(parents=True, exist_ok=True)
+    # What `systemctl enable` does, done on the image before it boots.
+    systemctl_root(box, "enable", units.timer, second.units.timer, f"wg-quick@{INSTANCE}.service")
+    return Installed(
+        flavour="contrib",
+        instance=INSTANCE,
+        units=units,
+        tunnel_unit=f"wg-quick@{INSTANCE}.service",
+        interface=INSTANCE,
+        active_link=settings["active_link"],
+        state_dir=state_dir,
+        textfile_dir=textfile_dir,
+        config_dir=SERVER_CONFIG_DIR,
+        unit_configs={unit: config for unit in units.services},
+        token=gate.token,
+        second=second,
+    )
+
+
+def instance_settings(
+    lab: Lab, gate: PrometheusGate, instance: str, textfile_dir: str, **overrides: Any
+) -> dict[str, Any]:
+    """Given the lab, the gate, a plain-template instance, the shared
+    textfile directory and overrides, return the instance's settings, as
+    contrib/systemd/README.md writes them: `instance` set, the link its
+    wg-quick@ reads, state_dir and restart_command left to the instance's
+    defaults (/var/lib/wg-failover/INSTANCE, wg-quick@INSTANCE.service)."""
     settings = tool_settings(
         lab,
         gate,
+        ToolUnits.named(instance).failover,
+        instance=instance,
         config_dir=SERVER_CONFIG_DIR,
-        active_link="/etc/wireguard/wg0.conf",
-        state_dir="/var/lib/wg-failover",
-        textfile_dir="/var/lib/prometheus/node-exporter",
-        restart_command=["systemctl", "restart", "wg-quick@wg0.service"],
+        active_link=f"/etc/wireguard/{instance}.conf",
+        textfile_dir=textfile_dir,
+        state_dir=None,
+        restart_command=None,
     )
-    box.install_file("/etc/wg-failover/config.toml", to_toml(settings), 0o644)
-    box.path("/var/lib/prometheus/node-exporter").mkdir(parents=True, exist_ok=True)
-    # What `systemctl enable` does, done on the image before it boots.
-    systemctl_root(box, "enable", "wg-health-check.timer", "wg-quick@wg0.service")
-    config = "/etc/wg-failover/config.toml"
-    return Installed(
-        flavour="contrib",
-        tunnel_unit="wg-quick@wg0.service",
-        interface="wg0",
-        active_link=settings["active_link"],
-        state_dir=settings["state_dir"],
-        textfile_dir=settings["textfile_dir"],
-        config_dir=SERVER_CONFIG_DIR,
-        unit_configs={unit: config for unit in ("wg-select", "wg-failover", "wg-health-check")},
-        token=gate.token,
+    return merge(settings, overrides)
+
+
+def install_second_instance(box: SystemdContainer, lab: Lab, gate: PrometheusGate, textfile_dir: str) -> SecondInstance:
+    """Given a container with the templates installed, add instance wg1
+    sharing the textfile directory: its config, its recorded server, and
+    wg-select@wg1 wanted at boot (no tunnel pulls it in). Its checks
+    measure the lab's tunnel but never fail over (threshold 1), and its
+    restart restarts nothing, so it cannot disturb wg0's scenarios."""
+    units = ToolUnits.named(SECOND_INSTANCE)
+    state_dir = f"/var/lib/wg-failover/{SECOND_INSTANCE}"
+    settings = instance_settings(
+        lab, gate, SECOND_INSTANCE, textfile_dir, restart_command=["true"], health={"threshold": 1.0}
     )
+    box.install_file(f"/etc/wg-failover/{SECOND_INSTANCE}.toml", to_toml(settings), 0o644)
+    record_server(box, state_dir, SECOND_RECORDED_SERVER)
+    box.install_symlink(UNIT_DIR / f"multi-user.target.wants/{units.select}", UNIT_DIR / "wg-select@.service")
+    return SecondInstance(SECOND_INSTANCE, units, settings["active_link"], state_dir, SECOND_RECORDED_SERVER)
 
 
 def systemctl_root(box: SystemdContainer, *args: str) -> None:
@@ -323,6 +417,8 @@ def install_nixos(box: SystemdContainer, lab: Lab, gate: PrometheusGate, scripts
     The tunnel unit is the module's default name, `wg`, running wg-quick on
     the active link (as nixpkgs' networking.wg-quick does with `configFile`)."""
     install_lab_files(box, lab, gate.token)
+    record_server(box, "/var/lib/wg-failover", RECORDED_SERVER)
+    units = ToolUnits.named(None)
     prefix = scripts.parent
     # The tunnel unit reads the module's default link: ask the module for
     # it first, then declare the tunnel unit on it.
@@ -341,16 +437,18 @@ def install_nixos(box: SystemdContainer, lab: Lab, gate: PrometheusGate, scripts
         f"[Service]\nExecStartPre=-/bin/sh -c 'echo x > {DENIED_PATH}'\n",
     )
     unit_configs = {}
-    for unit in ("wg-select", "wg-failover", "wg-health-check"):
-        path = str(config_file(evaluated["services"][unit]))
+    for unit in units.services:
+        path = str(config_file(evaluated["services"][unit.removesuffix(".service")]))
         build_in_image(box, path)
         unit_configs[unit] = path
     build_in_image(box, evaluated["etcConfig"])
     box.install_symlink("/etc/wg-failover/config.toml", evaluated["etcConfig"])
     box.install_file("/etc/tmpfiles.d/wg-failover.conf", "".join(f"{rule}\n" for rule in evaluated["tmpfiles"]))
-    rendered = tomllib.loads(box.path(unit_configs["wg-failover"]).read_text())
+    rendered = tomllib.loads(box.path(unit_configs[units.failover]).read_text())
     return Installed(
         flavour="nixos",
+        instance=rendered.get("instance"),
+        units=units,
         tunnel_unit="wg.service",
         interface=interface_of(rendered["active_link"]),
         active_link=rendered["active_link"],
@@ -370,6 +468,7 @@ def nixos_configuration(lab: Lab, gate: PrometheusGate, link: str | None) -> dic
     settings = tool_settings(
         lab,
         gate,
+        ToolUnits.named(None).failover,
         config_dir=SERVER_CONFIG_DIR,
         textfile_dir="/var/lib/prometheus-node-exporter",
         # Left to the module: active_link, state_dir, restart_command.

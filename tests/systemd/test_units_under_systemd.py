@@ -2,8 +2,9 @@
 
 A container (systemd-nspawn on an overlay of `/`, see wglab.container)
 boots in the lab's VPN namespace with the units installed, once with the
-plain files of contrib/systemd/ (Debian's wg-quick@wg0 runs the tunnel) and
-once with the units nixos-module.nix declares (rendered from
+plain templates of contrib/systemd/ as instance wg0 (Debian's wg-quick@wg0
+runs the tunnel; a second instance, wg1, shares the boot without a tunnel)
+and once with the units nixos-module.nix declares (rendered from
 lib.evalModules; the tunnel unit is the module's default `wg`). The tests
 only drive systemd (boot, `systemctl`, the timer, OnFailure=) and the lab
 (packet loss); they never run a wg-* command themselves. Every assertion
@@ -26,12 +27,15 @@ import pytest
 
 from tests.systemd.machine import (
     DENIED_PATH,
+    INSTANCE,
     RECORDED_SERVER,
     TOKEN_PATH,
     UNRESOLVABLE_ENDPOINT,
     Machine,
     lines_matching,
 )
+from wgfailover.metrics import textfile_name
+from wgfailover.state import StateDir
 from wglab.processes import wait_until
 
 if sys.version_info >= (3, 11):
@@ -40,8 +44,6 @@ else:  # pragma: no cover - the project supports 3.9+
     import tomli as tomllib
 
 pytestmark = pytest.mark.e2e
-
-TOOL_UNITS = ("wg-select.service", "wg-failover.service", "wg-health-check.service")
 
 
 def show(title: str, lines: list[str]) -> None:
@@ -61,14 +63,15 @@ def wait_for_switch(machine: Machine, away_from: str, cursor: str, timeout: floa
         what=f"a switch away from {away_from}",
     )
     assert isinstance(new, str)
+    failover = machine.installed.units.failover
     wait_until(
         lambda: (
-            "Finished wg-failover.service" in machine.journal("wg-failover.service", after=cursor)
-            and machine.box.unit_property("wg-failover.service", "ActiveState") != "activating"
+            f"Finished {failover}" in machine.journal(failover, after=cursor)
+            and machine.box.unit_property(failover, "ActiveState") != "activating"
         ),
         timeout,
         0.5,
-        what="wg-failover.service to finish",
+        what=f"{failover} to finish",
     )
     wait_until(lambda: machine.tunnel_server() == new, 30, 0.5, what=f"the tunnel on {new}")
     assert wait_until(machine.ping_through_tunnel, 30, 0.5, what=f"pings through the tunnel to {new}")
@@ -84,20 +87,21 @@ def wait_healthy(machine: Machine, timeout: float = 60) -> None:
 
 def test_boot_runs_wg_select_before_the_tunnel_and_comes_up_on_the_recorded_server(machine: Machine) -> None:
     tunnel = machine.installed.tunnel_unit
+    select = machine.installed.units.select
     wait_until(lambda: machine.box.unit_property(tunnel, "ActiveState") == "active", 60, 0.5, what=f"{tunnel} active")
-    journal = machine.journal("wg-select.service", tunnel)
+    journal = machine.journal(select, tunnel)
     lines = lines_matching(
         journal,
-        r"Starting wg-select\.service",
+        rf"Starting {re.escape(select)}",
         rf"wg-select\[\d+\]: .*restored server {RECORDED_SERVER}",
-        r"Finished wg-select\.service",
+        rf"Finished {re.escape(select)}",
         rf"Starting {re.escape(tunnel)}",
         rf"Finished {re.escape(tunnel)}",
     )
     show(f"{machine.installed.flavour}: boot", lines)
     # The ordering is systemd's doing, not luck: After= and the timestamps.
-    assert "wg-select.service" in machine.box.unit_property(tunnel, "After").split()
-    selected = int(machine.box.unit_property("wg-select.service", "ExecMainExitTimestampMonotonic"))
+    assert select in machine.box.unit_property(tunnel, "After").split()
+    selected = int(machine.box.unit_property(select, "ExecMainExitTimestampMonotonic"))
     started = int(machine.box.unit_property(tunnel, "ExecMainStartTimestampMonotonic"))
     assert 0 < selected <= started
     assert machine.link_target() == f"{machine.installed.config_dir}/{RECORDED_SERVER}"
@@ -106,17 +110,18 @@ def test_boot_runs_wg_select_before_the_tunnel_and_comes_up_on_the_recorded_serv
 
 
 def test_the_timer_runs_the_health_check_on_its_own(machine: Machine) -> None:
-    assert machine.box.unit_property("wg-health-check.timer", "ActiveState") == "active"
+    units = machine.installed.units
+    assert machine.box.unit_property(units.timer, "ActiveState") == "active"
     wait_healthy(machine)
-    journal = machine.journal("wg-health-check.service")
-    runs = re.findall(r"Finished wg-health-check\.service", journal)
+    journal = machine.journal(units.health)
+    runs = re.findall(rf"Finished {re.escape(units.health)}", journal)
     show(
         f"{machine.installed.flavour}: timer",
-        lines_matching(journal, r"Starting wg-health-check\.service", r"Finished wg-health-check\.service"),
+        lines_matching(journal, rf"Starting {re.escape(units.health)}", rf"Finished {re.escape(units.health)}"),
     )
     assert len(runs) >= 1
     # Started by the timer: nobody in this test ran it.
-    assert machine.box.unit_property("wg-health-check.service", "TriggeredBy") == "wg-health-check.timer"
+    assert machine.box.unit_property(units.health, "TriggeredBy") == units.timer
 
 
 def test_an_outage_fails_over_through_the_timer_and_restarts_the_tunnel(machine: Machine) -> None:
@@ -131,16 +136,18 @@ def test_an_outage_fails_over_through_the_timer_and_restarts_the_tunnel(machine:
         after = wait_for_switch(machine, before, cursor, timeout=90)
     finally:
         machine.lab.clear_loss()
-    journal = machine.journal("wg-health-check.service", "wg-failover.service", tunnel, after=cursor)
+    units = machine.installed.units
+    journal = machine.journal(units.health, units.failover, tunnel, after=cursor)
+    failover = re.escape(units.failover)
     lines = lines_matching(
         journal,
-        r"wg-health-check\[\d+\]: .*loss .* triggering the failover \(systemctl start wg-failover\.service\)",
-        r"Starting wg-failover\.service",
+        rf"wg-health-check\[\d+\]: .*loss .* triggering the failover \(systemctl start {failover}\)",
+        rf"Starting {failover}",
         rf"Stopping {re.escape(tunnel)}",
         rf"Finished {re.escape(tunnel)}",
         # wg-failover prints its ranking and the switch when it exits.
         rf"wg-failover\[\d+\]: .*switched from {before} to {after}.*reason: health-check: loss",
-        r"Finished wg-failover\.service",
+        rf"Finished {failover}",
     )
     show(f"{machine.installed.flavour}: outage of {before}", lines)
     assert int(machine.box.unit_property(tunnel, "ExecMainStartTimestampMonotonic")) > restarts_before
@@ -163,20 +170,21 @@ def test_a_tunnel_that_fails_to_start_fails_over_through_on_failure(machine: Mac
         after = wait_for_switch(machine, before, cursor, timeout=90)
     finally:
         config.write_text(good)
-    journal = machine.journal("wg-failover.service", tunnel, after=cursor)
+    failover = machine.installed.units.failover
+    journal = machine.journal(failover, tunnel, after=cursor)
     lines = lines_matching(
         journal,
         rf"Failed to start {re.escape(tunnel)}",
         rf"{re.escape(tunnel)}: Triggering OnFailure= dependencies",
-        r"Starting wg-failover\.service",
+        rf"Starting {re.escape(failover)}",
         rf"Starting {re.escape(tunnel)}",
         rf"Finished {re.escape(tunnel)}",
-        # The reason OnFailure='s wg-failover.service records, not the health check's.
+        # The reason OnFailure='s wg-failover records, not the health check's.
         rf"wg-failover\[\d+\]: .*switched from {before} to {after}.*reason: unit-failed",
-        r"Finished wg-failover\.service",
+        rf"Finished {re.escape(failover)}",
     )
     show(f"{machine.installed.flavour}: {tunnel} fails to start on {before}", lines)
-    assert machine.box.unit_property(tunnel, "OnFailure") == "wg-failover.service"
+    assert machine.box.unit_property(tunnel, "OnFailure") == failover
     assert machine.box.unit_property(tunnel, "ActiveState") == "active"
     assert machine.state().read_history()[-1].to_server == after
 
@@ -188,14 +196,17 @@ def test_the_sandbox_lets_the_tool_write_only_its_own_files(machine: Machine) ->
     # Written by the tool inside the sandbox: the link, the state, the textfile.
     assert machine.link_target() == f"{installed.config_dir}/{current}"
     assert machine.state().read_history(), "the earlier tests switched servers"
-    textfile = box.path(f"{installed.textfile_dir}/wg_failover.prom")
-    assert f'vpn_server_info{{server="{current}"}} 1' in textfile.read_text()
+    textfile = box.path(f"{installed.textfile_dir}/{textfile_name(installed.instance)}")
+    instance_label = "" if installed.instance is None else f'wg_instance="{installed.instance}",'
+    assert f'vpn_server_info{{{instance_label}server="{current}"}} 1' in textfile.read_text()
     assert stat.S_IMODE(textfile.stat().st_mode) == 0o644  # readable by node_exporter despite UMask=0077
     # ...and nothing else: the same sandbox refused a write outside it.
     assert not box.path(DENIED_PATH).exists()
-    denied = lines_matching(machine.journal("wg-select.service"), rf"{re.escape(DENIED_PATH)}: Read-only file system")
+    denied = lines_matching(
+        machine.journal(installed.units.select), rf"{re.escape(DENIED_PATH)}: Read-only file system"
+    )
     show(f"{installed.flavour}: sandbox", denied)
-    for unit in TOOL_UNITS:
+    for unit in installed.units.services:
         assert box.unit_property(unit, "ProtectSystem") == "strict", unit
         assert box.unit_property(unit, "CapabilityBoundingSet") == "cap_dac_read_search", unit
     # Credentials: only requests with the token reached Prometheus, and there were some.
@@ -205,17 +216,59 @@ def test_the_sandbox_lets_the_tool_write_only_its_own_files(machine: Machine) ->
         token_file = tomllib.loads(box.path(path).read_text())["prometheus"]["bearer_token_file"]
         if installed.flavour == "nixos":
             # LoadCredential= copies the root-only file into the unit's own directory.
-            assert token_file == f"/run/credentials/{unit}.service/prometheus-bearer-token"
-            assert (
-                f"LoadCredential=prometheus-bearer-token:{TOKEN_PATH}" in box.systemctl("cat", f"{unit}.service").stdout
-            )
+            assert token_file == f"/run/credentials/{unit}/prometheus-bearer-token"
+            assert f"LoadCredential=prometheus-bearer-token:{TOKEN_PATH}" in box.systemctl("cat", unit).stdout
         else:
             assert token_file == TOKEN_PATH
     assert stat.S_IMODE(box.path(TOKEN_PATH).stat().st_mode) == 0o600
+    # The second instance's units run in the same sandbox, on their own paths.
+    second_services = installed.second.units.services if installed.second else ()
     problems = [
         line
-        for line in machine.journal(*TOOL_UNITS).splitlines()
+        for line in machine.journal(*installed.units.services, *second_services).splitlines()
         if re.search(r"Read-only file system|Permission denied|Operation not permitted", line)
         and DENIED_PATH not in line
     ]
     assert problems == []
+
+
+def test_a_second_instance_keeps_its_own_state_link_and_textfile(machine: Machine) -> None:
+    installed, box = machine.installed, machine.box
+    second = installed.second
+    if second is None:
+        pytest.skip(f"the {installed.flavour} install boots one instance")
+    # Its own timer ran its own check, into its own state directory.
+    wait_until(
+        lambda: StateDir(box.path(second.state_dir)).read_last_check(), 60, 0.5, what=f"a check of {second.instance}"
+    )
+    assert box.unit_property(second.units.health, "TriggeredBy") == second.units.timer
+    assert box.unit_property(second.units.select, "ActiveState") == "active"
+    # The first instance switched servers in the scenarios above; the second
+    # stayed on its own recorded server, link and history.
+    assert machine.state().read_history(), "the earlier tests switched servers"
+    second_state = StateDir(box.path(second.state_dir))
+    assert second_state.read_history() == []
+    assert box.path(f"{second.state_dir}/current").read_text() == f"{second.recorded_server}\n"
+    assert box.run(["readlink", second.active_link]).stdout.strip() == (
+        f"{installed.config_dir}/{second.recorded_server}"
+    )
+    assert installed.state_dir == f"/var/lib/wg-failover/{INSTANCE}"  # the instance's default
+    # One textfile each in the shared directory; no series in both.
+    textfiles = {
+        name: box.path(f"{installed.textfile_dir}/{textfile_name(name)}").read_text()
+        for name in (INSTANCE, second.instance)
+    }
+    series = {
+        name: {line.rsplit(" ", 1)[0] for line in text.splitlines() if not line.startswith("#")}
+        for name, text in textfiles.items()
+    }
+    assert (
+        f'vpn_server_info{{wg_instance="{second.instance}",server="{second.recorded_server}"}}'
+        in series[second.instance]
+    )
+    assert f'vpn_server_info{{wg_instance="{INSTANCE}",server="{machine.current()}"}}' in series[INSTANCE]
+    assert not series[INSTANCE] & series[second.instance]
+    assert not box.path(f"{installed.textfile_dir}/wg_failover.prom").exists()
+    show(
+        f"{installed.flavour}: two instances", sorted(f"{name}: {len(lines)} series" for name, lines in series.items())
+    )

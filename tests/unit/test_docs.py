@@ -112,13 +112,20 @@ def readme_toml(after: str) -> dict[str, Any]:
     return tomllib.loads(block)
 
 
-@pytest.mark.parametrize("unit", ["wg-select.service", "wg-failover.service", "wg-health-check.service"])
+@pytest.mark.parametrize("unit", ["wg-select@.service", "wg-failover@.service", "wg-health-check@.service"])
 def test_the_readme_debian_config_writes_only_where_the_shipped_units_allow(unit: str) -> None:
     document = readme_toml("### Debian 12")
-    parse_config(document, ROOT / "README.md")  # a valid config
+    config = parse_config(document, ROOT / "README.md")  # a valid config
     text = (ROOT / "contrib" / "systemd" / unit).read_text()
     assert "ProtectSystem=strict" in text
+    # The template's instance is the interface, which the config names as its instance.
+    text = text.replace("%i", str(config.instance))
     writable = [line.split("=", 1)[1].lstrip("-") for line in text.splitlines() if line.startswith("ReadWritePaths=")]
-    for path in (Path(document["active_link"]).parent, Path(document["textfile_dir"])):
+    writable += [
+        f"/var/lib/{line.split('=', 1)[1]}" for line in text.splitlines() if line.startswith("StateDirectory=")
+    ]
+    for path in (config.active_link.parent, config.textfile_dir, config.state_dir):
+        assert path is not None
         assert any(path == Path(allowed) or Path(allowed) in path.parents for allowed in writable), (unit, path)
-    assert document["restart_command"] == ["systemctl", "restart", "wg-quick@wg0.service"]
+    assert config.restart_command == ("systemctl", "restart", "wg-quick@wg0.service")
+    assert f"--config /etc/wg-failover/{config.instance}.toml" in text

@@ -143,10 +143,26 @@ def verify(root: Path, unit: str) -> subprocess.CompletedProcess[str]:
     return run([systemd_analyze, "verify", "--man=no", f"--root={root}", unit])
 
 
+def test_the_plain_units_are_templates_named_after_the_tunnel_interface() -> None:
+    # One set of units per tunnel: wg-quick@wg0 <-> wg-select@wg0, config /etc/wg-failover/wg0.toml.
+    assert [str(unit) for unit in UNIT_FILES] == [
+        "prometheus-smokeping-vpn@.service",
+        "wg-failover@.service",
+        "wg-health-check@.service",
+        "wg-health-check@.timer",
+        "wg-select@.service",
+    ]
+    for name in ("wg-select", "wg-failover", "wg-health-check"):
+        text = (UNITS / f"{name}@.service").read_text()
+        assert re.search(rf"^ExecStart=/usr/local/bin/{name} --config /etc/wg-failover/%i\.toml( |$)", text, re.M), name
+        assert re.search(r"^StateDirectory=wg-failover/%i$", text, re.M), name
+
+
 @pytest.mark.parametrize("unit", UNIT_FILES, ids=str)
 def test_unit_passes_systemd_analyze_verify(unit: Path, tmp_path: Path) -> None:
     require("systemd-analyze")
-    result = verify(make_unit_root(tmp_path), str(unit))
+    # A template is verified as an instance, the way systemd loads it.
+    result = verify(make_unit_root(tmp_path), str(unit).replace("@.", "@wg0."))
     # verify exits 0 on unknown keys but prints them: any output is a finding.
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
 
@@ -162,10 +178,10 @@ def test_drop_in_passes_systemd_analyze_verify_on_an_instance(drop_in: Path, tmp
 def test_tunnel_drop_in_wires_the_original_hooks() -> None:
     drop_in = (UNITS / "wg-quick@.service.d" / "wg-failover.conf").read_text()
     for line in [
-        "OnFailure=wg-failover.service",
+        "OnFailure=wg-failover@%i.service",
         "Restart=no",
-        "Wants=wg-select.service",
-        "After=wg-select.service",
+        "Wants=wg-select@%i.service",
+        "After=wg-select@%i.service",
     ]:
         assert re.search(rf"^{re.escape(line)}$", drop_in, re.MULTILINE), line
 
