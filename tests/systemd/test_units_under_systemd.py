@@ -113,7 +113,13 @@ def test_the_timer_runs_the_health_check_on_its_own(machine: Machine) -> None:
     units = machine.installed.units
     assert machine.box.unit_property(units.timer, "ActiveState") == "active"
     wait_healthy(machine)
-    journal = machine.journal(units.health)
+
+    # The check writes its state before it exits; systemd logs "Finished" after.
+    def finished_journal() -> str | None:
+        text = machine.journal(units.health)
+        return text if f"Finished {units.health}" in text else None
+
+    journal = wait_until(finished_journal, 30, 0.5, what=f"systemd to log that {units.health} finished")
     runs = re.findall(rf"Finished {re.escape(units.health)}", journal)
     show(
         f"{machine.installed.flavour}: timer",
