@@ -418,7 +418,7 @@ def install_nixos(box: SystemdContainer, lab: Lab, gate: PrometheusGate, scripts
     the active link (as nixpkgs' networking.wg-quick does with `configFile`)."""
     install_lab_files(box, lab, gate.token)
     record_server(box, "/var/lib/wg-failover", RECORDED_SERVER)
-    units = ToolUnits.named(None)
+    tool_units = ToolUnits.named(None)
     prefix = scripts.parent
     # The tunnel unit reads the module's default link: ask the module for
     # it first, then declare the tunnel unit on it.
@@ -433,22 +433,22 @@ def install_nixos(box: SystemdContainer, lab: Lab, gate: PrometheusGate, scripts
     for link_path, target in units.links.items():
         box.install_symlink(UNIT_DIR / link_path, target)
     box.install_file(
-        UNIT_DIR / "wg-select.service.d/test-denied-write.conf",
+        UNIT_DIR / f"{tool_units.select}.d/test-denied-write.conf",
         f"[Service]\nExecStartPre=-/bin/sh -c 'echo x > {DENIED_PATH}'\n",
     )
     unit_configs = {}
-    for unit in units.services:
+    for unit in tool_units.services:
         path = str(config_file(evaluated["services"][unit.removesuffix(".service")]))
         build_in_image(box, path)
         unit_configs[unit] = path
     build_in_image(box, evaluated["etcConfig"])
     box.install_symlink("/etc/wg-failover/config.toml", evaluated["etcConfig"])
     box.install_file("/etc/tmpfiles.d/wg-failover.conf", "".join(f"{rule}\n" for rule in evaluated["tmpfiles"]))
-    rendered = tomllib.loads(box.path(unit_configs[units.failover]).read_text())
+    rendered = tomllib.loads(box.path(unit_configs[tool_units.failover]).read_text())
     return Installed(
         flavour="nixos",
         instance=rendered.get("instance"),
-        units=units,
+        units=tool_units,
         tunnel_unit="wg.service",
         interface=interface_of(rendered["active_link"]),
         active_link=rendered["active_link"],
