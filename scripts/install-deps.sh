@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages behind the real parts of the test suite and the
-# lab: Prometheus, the smokeping prober, VictoriaMetrics, userspace WireGuard,
+# lab: Prometheus, the smokeping prober, VictoriaMetrics (and its vmalert, which
+# evaluates the fleet benchmark's recording rules), userspace WireGuard,
 # nftables for packet loss, nix-instantiate for the module, systemd-analyze,
 # systemd-nspawn (systemd-container) to boot the units under a real systemd,
 # with the tool installed for Debian's python3 (its click, requests, venv);
