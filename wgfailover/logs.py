@@ -92,6 +92,21 @@ def stdout_is_journal() -> bool:
     return stream_is_journal(sys.stdout)
 
 
+def name_instance(instance: str | None) -> None:
+    """
+    Given the config's instance (None: the only tunnel), make the lines on
+    a terminal say which tunnel they are about: ``wg-failover@wg1: ...``,
+    as the plain units are named. Journal lines need nothing: the journal
+    records the unit, which names the instance.
+    """
+    if instance is None:
+        return
+    for handler in logging.getLogger("wgfailover").handlers:
+        formatter = handler.formatter
+        if isinstance(formatter, _TerminalFormatter) and "@" not in formatter.program:
+            formatter.program = f"{formatter.program}@{instance}"
+
+
 @contextlib.contextmanager
 def logging_to_stderr(program: str, verbose: bool = False) -> Iterator[None]:
     """

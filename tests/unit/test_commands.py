@@ -63,6 +63,7 @@ def test_check_config_json_lists_the_servers(name: str, make_config_file: Callab
     document = json.loads(result.stdout)
     assert document == {
         "config": str(path),
+        "instance": None,
         "valid": True,
         "offline": False,
         "online": False,
@@ -72,6 +73,11 @@ def test_check_config_json_lists_the_servers(name: str, make_config_file: Callab
         "checked": [],
         "exit_code": 0,
     }
+
+
+def test_check_config_json_names_the_instance(make_config_file: Callable[..., Path]) -> None:
+    result = invoke("wg-select", "--config", str(make_config_file(top='instance = "wg1"')), "--check-config", "--json")
+    assert (result.exit_code, json.loads(result.stdout)["instance"]) == (0, "wg1")
 
 
 def test_check_config_prints_each_problem_on_its_own_line(

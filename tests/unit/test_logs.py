@@ -73,6 +73,20 @@ def test_elsewhere_lines_name_the_program_and_level(
     assert output.splitlines()[0].startswith("wg-select: warning: ")
 
 
+def test_on_a_terminal_the_lines_of_an_instance_name_it(make_config_file: Callable[..., Path], tmp_path: Path) -> None:
+    # Two tunnels' commands run by hand must not read alike; the journal names the unit instead.
+    path = make_config_file(top='instance = "wg1"')
+    state = load_config(path).state_dir
+    state.mkdir()
+    (state / "current").write_text("nope\n")
+    output = run_with_stderr_file([*command_argv("wg-select"), "--config", str(path)], tmp_path / "stderr", None)
+    assert output.splitlines()[0].startswith("wg-select@wg1: warning: ")
+    journal = run_with_stderr_file(
+        [*command_argv("wg-select"), "--config", str(path)], tmp_path / "journal", "this file"
+    )
+    assert "wg1" not in journal.splitlines()[0]
+
+
 def test_a_newline_in_a_message_stays_on_one_line(on_server1: Path, tmp_path: Path) -> None:
     path = on_server1
     output = run_with_stderr_file(

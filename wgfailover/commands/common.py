@@ -27,7 +27,7 @@ from wgfailover.config import (
     load_config,
 )
 from wgfailover.errors import ConfigError, ExitCode, WgFailoverError
-from wgfailover.logs import logging_to_stderr, stdout_is_journal
+from wgfailover.logs import logging_to_stderr, name_instance, stdout_is_journal
 
 log = logging.getLogger("wgfailover")
 
@@ -254,6 +254,7 @@ def load_or_check(config_path: Path, check_config: bool, as_json: bool = False) 
     if offline and online:
         raise click.UsageError("--offline and --online exclude each other")
     config = load_config(config_path)
+    name_instance(config.instance)
     log_paths(config)
     if not check_config:
         # Every run, not only --check-config: a state or config directory
@@ -285,6 +286,7 @@ def load_or_check(config_path: Path, check_config: bool, as_json: bool = False) 
             print_json(
                 {
                     "config": str(config.path),
+                    "instance": config.instance,
                     "valid": not errors,
                     "offline": offline,
                     "online": online,
