@@ -184,7 +184,7 @@ def failing_tunnels() -> set[int]:
 def fleet_lines(seed: int = 1) -> Iterator[str]:
     """Given a seed, yield every series of the fleet as /api/v1/import JSON lines."""
     rng = random.Random(seed)
-    # Its own stream, so the tunnels' data leaves the servers' as it was.
+    # Its own stream, so the servers' data does not depend on the tunnels'.
     tunnel_rng = random.Random(seed + 1)
     failing = failing_tunnels()
     died = int(time.time()) - 600
