@@ -56,6 +56,8 @@ RECORDED_SERVER = "server2"
 INSTANCE = "wg0"
 SECOND_INSTANCE = "wg1"
 SECOND_RECORDED_SERVER = "server3"
+# The NixOS flavour's second instance runs no WireGuard: its tunnel unit is a stand-in.
+SECOND_TUNNEL_UNIT = "wg1-tunnel"
 # A path outside every ReadWritePaths=: the sandbox must refuse it.
 DENIED_PATH = "/etc/wg-failover/written-from-the-sandbox"
 # Short cadence: checks every 5 s, each judging at most 10 s of data, two bad
@@ -204,9 +206,11 @@ class ToolUnits:
     timer: str
 
     @classmethod
-    def named(cls, instance: str | None) -> ToolUnits:
-        """Given an instance (None: the single, untemplated set), return its unit names."""
-        at = "" if instance is None else f"@{instance}"
+    def named(cls, instance: str | None, separator: str = "@") -> ToolUnits:
+        """Given an instance (None: the single, untemplated set) and how its
+        name joins the unit's ("@" for the plain templates, "-" for the
+        NixOS module's named instances), return its unit names."""
+        at = "" if instance is None else f"{separator}{instance}"
         return cls(
             f"wg-select{at}.service",
             f"wg-failover{at}.service",
@@ -221,7 +225,7 @@ class ToolUnits:
 
 @dataclass
 class SecondInstance:
-    """A second instance booted beside the first, without a tunnel of its own."""
+    """A second instance booted beside the first, without a WireGuard tunnel of its own."""
 
     instance: str
     units: ToolUnits
@@ -444,6 +448,7 @@ def install_nixos(box: SystemdContainer, lab: Lab, gate: PrometheusGate, scripts
     build_in_image(box, evaluated["etcConfig"])
     box.install_symlink("/etc/wg-failover/config.toml", evaluated["etcConfig"])
     box.install_file("/etc/tmpfiles.d/wg-failover.conf", "".join(f"{rule}\n" for rule in evaluated["tmpfiles"]))
+    second = install_nixos_second_instance(box, evaluated)
     rendered = tomllib.loads(box.path(unit_configs[tool_units.failover]).read_text())
     return Installed(
         flavour="nixos",
@@ -457,6 +462,27 @@ def install_nixos(box: SystemdContainer, lab: Lab, gate: PrometheusGate, scripts
         config_dir=SERVER_CONFIG_DIR,
         unit_configs=unit_configs,
         token=gate.token,
+        second=second,
+    )
+
+
+def install_nixos_second_instance(box: SystemdContainer, evaluated: Mapping[str, Any]) -> SecondInstance:
+    """Given a container with the module's units installed and the
+    evaluation, put into the image what `services.wg-failover.instances.wg1`
+    needs beyond its units: each unit's built config, its /etc file and its
+    recorded server."""
+    units = ToolUnits.named(SECOND_INSTANCE, separator="-")
+    for unit in units.services:
+        build_in_image(box, str(config_file(evaluated["services"][unit.removesuffix(".service")])))
+    etc_file = evaluated["etc"][f"wg-failover/{SECOND_INSTANCE}.toml"]
+    build_in_image(box, etc_file)
+    box.install_symlink(f"/etc/wg-failover/{SECOND_INSTANCE}.toml", etc_file)
+    rendered = tomllib.loads(
+        box.path(str(config_file(evaluated["services"][units.failover.removesuffix(".service")]))).read_text()
+    )
+    record_server(box, rendered["state_dir"], SECOND_RECORDED_SERVER)
+    return SecondInstance(
+        SECOND_INSTANCE, units, rendered["active_link"], rendered["state_dir"], SECOND_RECORDED_SERVER
     )
 
 
@@ -477,24 +503,62 @@ def nixos_configuration(lab: Lab, gate: PrometheusGate, link: str | None) -> dic
         restart_command=None,
     )
     del settings["servers"]  # the module renders them from `servers`
-    services = {} if link is None else {"wg": tunnel_unit_declaration(link)}
+    # The second instance: its own units, state, link and config by the
+    # module's defaults for a named instance; the lab's tunnel probes
+    # (explicit selector), a check that never fails over (threshold 1) and a
+    # restart that restarts nothing, so it cannot disturb the scenarios.
+    second_settings = merge(
+        settings,
+        {
+            "restart_command": ["true"],
+            "health": {
+                "threshold": 1.0,
+                "failover_command": ["systemctl", "start", ToolUnits.named(SECOND_INSTANCE, separator="-").failover],
+            },
+        },
+    )
+    services = {SECOND_TUNNEL_UNIT: second_tunnel_declaration()}
+    if link is not None:
+        services["wg"] = tunnel_unit_declaration(link)
+    servers = {name: {"endpoint": lab.endpoint_ip[name]} for name in lab.server_names}
+    timer = {
+        "onBootSec": TIMER["OnBootSec"],
+        "onUnitActiveSec": TIMER["OnUnitActiveSec"],
+        "randomizedDelaySec": TIMER["RandomizedDelaySec"],
+    }
+    accuracy = {"timerConfig": {"AccuracySec": TIMER["AccuracySec"]}}
     return {
         "systemd": {
             "services": services,
-            "timers": {"wg-health-check": {"timerConfig": {"AccuracySec": TIMER["AccuracySec"]}}},
+            "timers": {"wg-health-check": accuracy, f"wg-health-check-{SECOND_INSTANCE}": accuracy},
         },
         "services": {
             "wg-failover": {
                 "enable": True,
-                "servers": {name: {"endpoint": lab.endpoint_ip[name]} for name in lab.server_names},
-                "timer": {
-                    "onBootSec": TIMER["OnBootSec"],
-                    "onUnitActiveSec": TIMER["OnUnitActiveSec"],
-                    "randomizedDelaySec": TIMER["RandomizedDelaySec"],
-                },
+                "servers": servers,
+                "timer": timer,
                 "settings": settings,
+                "instances": {
+                    SECOND_INSTANCE: {
+                        "tunnelUnit": SECOND_TUNNEL_UNIT,
+                        "servers": servers,
+                        "timer": timer,
+                        "settings": second_settings,
+                    }
+                },
             }
         },
+    }
+
+
+def second_tunnel_declaration() -> dict[str, Any]:
+    """Return the second instance's tunnel unit: a stand-in that brings up
+    no WireGuard interface (the lab has one client tunnel), but is a real
+    unit the module wires: wanted at boot, it pulls in wg-select-wg1."""
+    return {
+        "description": "Stand-in for a second tunnel (no interface)",
+        "wantedBy": ["multi-user.target"],
+        "serviceConfig": {"Type": "oneshot", "RemainAfterExit": True, "ExecStart": "/bin/true", "Restart": "no"},
     }
 
 

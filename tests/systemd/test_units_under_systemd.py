@@ -5,7 +5,9 @@ boots in the lab's VPN namespace with the units installed, once with the
 plain templates of contrib/systemd/ as instance wg0 (Debian's wg-quick@wg0
 runs the tunnel; a second instance, wg1, shares the boot without a tunnel)
 and once with the units nixos-module.nix declares (rendered from
-lib.evalModules; the tunnel unit is the module's default `wg`). The tests
+lib.evalModules; the tunnel unit is the module's default `wg`, and a named
+instance, services.wg-failover.instances.wg1, shares the boot with a
+stand-in tunnel unit). The tests
 only drive systemd (boot, `systemctl`, the timer, OnFailure=) and the lab
 (packet loss); they never run a wg-* command themselves. Every assertion
 reads what systemd and the tool left behind: the journal, unit properties,
@@ -241,8 +243,7 @@ def test_the_sandbox_lets_the_tool_write_only_its_own_files(machine: Machine) ->
 def test_a_second_instance_keeps_its_own_state_link_and_textfile(machine: Machine) -> None:
     installed, box = machine.installed, machine.box
     second = installed.second
-    if second is None:
-        pytest.skip(f"the {installed.flavour} install boots one instance")
+    assert second is not None, f"the {installed.flavour} install boots two instances"
     # Its own timer ran its own check, into its own state directory.
     wait_until(
         lambda: StateDir(box.path(second.state_dir)).read_last_check(), 60, 0.5, what=f"a check of {second.instance}"
@@ -258,11 +259,16 @@ def test_a_second_instance_keeps_its_own_state_link_and_textfile(machine: Machin
     assert box.run(["readlink", second.active_link]).stdout.strip() == (
         f"{installed.config_dir}/{second.recorded_server}"
     )
-    assert installed.state_dir == f"/var/lib/wg-failover/{INSTANCE}"  # the instance's default
-    # One textfile each in the shared directory; no series in both.
+    # Each instance's default: the template's wg0, or the module's unnamed
+    # instance beside its named one.
+    assert installed.state_dir == (f"/var/lib/wg-failover/{INSTANCE}" if installed.instance else "/var/lib/wg-failover")
+    assert second.state_dir == f"/var/lib/wg-failover/{second.instance}"
+    # One textfile each in the shared directory; no series in both. The
+    # module's unnamed instance writes today's wg_failover.prom, unlabelled.
+    first = installed.instance
     textfiles = {
         name: box.path(f"{installed.textfile_dir}/{textfile_name(name)}").read_text()
-        for name in (INSTANCE, second.instance)
+        for name in (first, second.instance)
     }
     series = {
         name: {line.rsplit(" ", 1)[0] for line in text.splitlines() if not line.startswith("#")}
@@ -272,9 +278,12 @@ def test_a_second_instance_keeps_its_own_state_link_and_textfile(machine: Machin
         f'vpn_server_info{{wg_instance="{second.instance}",server="{second.recorded_server}"}}'
         in series[second.instance]
     )
-    assert f'vpn_server_info{{wg_instance="{INSTANCE}",server="{machine.current()}"}}' in series[INSTANCE]
-    assert not series[INSTANCE] & series[second.instance]
-    assert not box.path(f"{installed.textfile_dir}/wg_failover.prom").exists()
+    first_label = f'wg_instance="{first}",' if first else ""
+    assert f'vpn_server_info{{{first_label}server="{machine.current()}"}}' in series[first]
+    assert not series[first] & series[second.instance]
+    if first:
+        assert not box.path(f"{installed.textfile_dir}/{textfile_name(None)}").exists()
     show(
-        f"{installed.flavour}: two instances", sorted(f"{name}: {len(lines)} series" for name, lines in series.items())
+        f"{installed.flavour}: two instances",
+        sorted(f"{name or '(unnamed)'}: {len(lines)} series" for name, lines in series.items()),
     )
