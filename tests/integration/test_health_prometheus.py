@@ -56,6 +56,9 @@ TARGETS = ("127.0.0.2", "127.0.0.3")
 MIN_WINDOW = 3.0
 THRESHOLD = 0.15
 DEADLINE = 60.0
+# Seconds of total loss before the switch in the cascade test: far more than
+# the min_window plus a scrape or two of good data that follow it.
+LOSSY_SECONDS = 12.0
 
 
 @dataclass
@@ -187,11 +190,16 @@ def test_a_tunnel_bad_before_a_switch_and_good_after_it_causes_no_further_failov
     lab: Lab, make_lab_config: Callable[[int], Config], tmp_path: Path
 ) -> None:
     config = make_lab_config(1)  # a single bad check would fail over
+    lost_from = time.time()
     lab.set_loss(100)  # every target, so whichever series the original reads as result[0] is lossy
     lab.wait_for_loss(lambda loss: loss > 0.3, "the prober to see the old server's loss")
     # Long enough that the original's fixed window is well above the
     # threshold: the few seconds of good data before the next check cannot
-    # bring it below (at most ~6s of 60s).
+    # bring it below. The series began with this test's Prometheus, so the
+    # window holds only seconds of data, not 60: a loss above the threshold
+    # after one or two lossy seconds falls below it once ~5s of good data
+    # follow. LOSSY_SECONDS of loss outweigh those and the data before.
+    lab.wait_for_data_since(lost_from, LOSSY_SECONDS)
     wglab_processes.wait_until(
         lambda: lab.original_loss() > 2 * THRESHOLD, DEADLINE, 0.2, what="the original's window to fill with loss"
     )
