@@ -364,7 +364,7 @@ let
                 tie_epsilon = toolDefault types.number "Losses closer than this count as equal (tool default 0.02).";
                 latency_tie = toolDefault (types.numbers.between 0 1) "Round-trip times within this fraction of the lowest count as equal, so servers' weights decide among them (tool default 0.10).";
                 failback_after = toolDefault duration "Return to a more preferred server (see servers.<name>.priority) once the prober saw it healthy this long, e.g. \"15m\" (tool default: never).";
-                probation = toolDefault duration "Confirm each new server within this long after a switch (a handshake with health.interface, else tunnel data over min_window); one that fails is left at once. \"0\" disables (tool default 20s). The units' TimeoutStartSec (10min) covers a pass through the servers.";
+                probation = toolDefault duration "Confirm each new server within this long after a switch (a handshake with health.interface, else tunnel data over min_window); one that fails is left at once. 0 (a number) disables (tool default 20s). The units' TimeoutStartSec (10min) covers a pass through the servers.";
               };
             };
 
