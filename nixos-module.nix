@@ -62,6 +62,32 @@ let
       '';
     };
 
+  # The confinement every unit of the module shares, the tool's and the
+  # probers': the whole file system read-only (each unit adds the paths it
+  # writes), no home directories, private /tmp and no devices; kernel
+  # settings, modules, logs, the clock, the hostname and the cgroup tree
+  # never theirs to change (systemctl talks to PID 1 over a socket); no
+  # privileges gained, no SUID/SGID files, no realtime scheduling, no
+  # personality changes, native syscalls only; files they create private.
+  confinement = {
+    ProtectSystem = "strict";
+    ProtectHome = true;
+    PrivateTmp = true;
+    PrivateDevices = true;
+    ProtectKernelTunables = true;
+    ProtectKernelModules = true;
+    ProtectKernelLogs = true;
+    ProtectClock = true;
+    ProtectHostname = true;
+    ProtectControlGroups = true;
+    NoNewPrivileges = true;
+    RestrictSUIDSGID = true;
+    RestrictRealtime = true;
+    LockPersonality = true;
+    SystemCallArchitectures = "native";
+    UMask = "0077";
+  };
+
   # Which `[prometheus]` keys are secret files, and the credential name each
   # gets inside the units.
   credentialNames = {
@@ -632,15 +658,14 @@ let
       # wg-failover / wg-health-check must run `systemctl restart` on the tunnel,
       # which systemd only allows root (no polkit on a headless box). So the
       # sandbox cannot drop root; it narrows what root can touch instead.
-      sandbox = {
+      sandbox = confinement // {
         # The tool takes a lock and writes `current` and `health-failures` here;
         # systemd creates it, owned by root, 0700. A named instance's is
         # wg-failover/<name>, so instances never share a lock or a state.
         StateDirectory = names.stateDirectory;
         StateDirectoryMode = "0700";
-        # The whole file system is read-only except the paths listed below.
-        ProtectSystem = "strict";
-        # The active link is replaced atomically by a rename beside it, so its
+        # The whole file system is read-only (confinement) except the paths
+        # listed below. The active link is replaced atomically by a rename beside it, so its
         # own directory (/run/wg-failover by default, never all of /run) must be
         # writable, as must the node_exporter textfile dir and
         # a state_dir moved away from StateDirectory.
@@ -649,32 +674,11 @@ let
           ++ lib.optional (settings.state_dir != "/var/lib/${names.stateDirectory}") settings.state_dir
           ++ lib.optional (settings.textfile_dir != null) settings.textfile_dir
         );
-        # Nothing here lives in home directories.
-        ProtectHome = true;
-        # Temporary files stay private to one run.
-        PrivateTmp = true;
-        # No device nodes are needed.
-        PrivateDevices = true;
-        # Kernel settings, modules, logs, the clock and the hostname are never ours to change.
-        ProtectKernelTunables = true;
-        ProtectKernelModules = true;
-        ProtectKernelLogs = true;
-        ProtectClock = true;
-        ProtectHostname = true;
-        # systemctl talks to PID 1 over a socket; the cgroup tree itself stays read-only.
-        ProtectControlGroups = true;
-        # Neither the tool nor systemctl ever needs to gain privileges.
-        NoNewPrivileges = true;
-        RestrictSUIDSGID = true;
-        RestrictRealtime = true;
-        LockPersonality = true;
-        SystemCallArchitectures = "native";
         # Reading WireGuard configs and secrets whatever their owner is all the
         # capability the tool needs; restarting units goes through PID 1.
         CapabilityBoundingSet = [ "CAP_DAC_READ_SEARCH" ];
-        # State files are private. The textfile is written 0644 by the tool
-        # itself, so node_exporter can still read it.
-        UMask = "0077";
+        # State files are private (UMask, in confinement). The textfile is
+        # written 0644 by the tool itself, so node_exporter can still read it.
         # Not MemoryDenyWriteExecute: Python's ctypes/libffi closures need
         # writable and executable memory, and a crash there would block failover.
       };
@@ -906,7 +910,7 @@ let
             # The namespace may appear only once the tunnel is up: keep retrying
             # instead of giving up after the default start limit.
             startLimitIntervalSec = 0;
-            serviceConfig = {
+            serviceConfig = confinement // {
               ExecStart = utils.escapeSystemdExecArgs (
                 [
                   (lib.getExe' internal.package "smokeping_prober")
@@ -926,19 +930,8 @@ let
               # --privileged opens raw ICMP sockets: CAP_NET_RAW, and nothing else.
               AmbientCapabilities = [ "CAP_NET_RAW" ];
               CapabilityBoundingSet = [ "CAP_NET_RAW" ];
-              # Ambient capabilities survive exec even with no_new_privs.
-              NoNewPrivileges = true;
-              # It writes nothing anywhere.
-              ProtectSystem = "strict";
-              ProtectHome = true;
-              PrivateTmp = true;
-              PrivateDevices = true;
-              ProtectKernelTunables = true;
-              ProtectKernelModules = true;
-              ProtectKernelLogs = true;
-              ProtectClock = true;
-              ProtectHostname = true;
-              ProtectControlGroups = true;
+              # Ambient capabilities survive exec even with no_new_privs
+              # (confinement sets it); the prober writes nothing anywhere.
               # ICMP and HTTP only; AF_UNIX for the journal.
               RestrictAddressFamilies = [
                 "AF_UNIX"
@@ -946,14 +939,9 @@ let
                 "AF_INET6"
               ];
               RestrictNamespaces = true;
-              RestrictSUIDSGID = true;
-              RestrictRealtime = true;
-              LockPersonality = true;
               # A Go binary never needs writable executable memory.
               MemoryDenyWriteExecute = true;
-              SystemCallArchitectures = "native";
               SystemCallFilter = [ "@system-service" ];
-              UMask = "0077";
             };
           };
         })
